@@ -1,0 +1,232 @@
+/**
+ * Block files. Writers reserve a contiguous range in the open block synchronously (so ranges
+ * never overlap and bodies stream in concurrently), then write their bytes at that position.
+ * A block is complete once no reservation fits or a checkpoint rolls it; it is never written
+ * again after its last writer is done. Readers use their own handles, cached per block.
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { blockFileName } from './files.js';
+
+export class OpenBlock {
+  readonly ready: Promise<fs.FileHandle>;
+  /** End of the last reservation. */
+  reserved = 0;
+  writers = 0;
+  complete = false;
+  private handle: fs.FileHandle | undefined;
+
+  constructor(
+    readonly id: number,
+    file: string,
+  ) {
+    // 'wx': a block id is never reused, so the file must not exist yet.
+    this.ready = fs.open(file, 'wx', 0o600).then((h) => (this.handle = h));
+    this.ready.catch(() => undefined); // awaited by every writer, which reports the error
+  }
+
+  async write(data: Uint8Array, position: number): Promise<void> {
+    const handle = await this.ready;
+    let done = 0;
+    while (done < data.length) {
+      const { bytesWritten } = await handle.write(data, done, data.length - done, position + done);
+      done += bytesWritten;
+    }
+  }
+
+  async datasync(): Promise<void> {
+    await (await this.ready).datasync();
+  }
+
+  async close(): Promise<void> {
+    await this.ready.catch(() => undefined);
+    await this.handle?.close();
+    this.handle = undefined;
+  }
+}
+
+export interface Reservation {
+  block: OpenBlock;
+  offset: number;
+  size: number;
+}
+
+export class BlockWriter {
+  private open: OpenBlock | undefined;
+  private readonly live = new Set<OpenBlock>();
+  /** Set when a block file was created: the directory entry must be synced before a commit. */
+  directoryDirty = false;
+
+  constructor(
+    private readonly dir: string,
+    private readonly blockSize: number,
+    private nextId: number,
+  ) {}
+
+  /** The id the next new block gets; everything below it is complete or open. */
+  get nextBlockId(): number {
+    return this.nextId;
+  }
+
+  /** Reserves `size` (> 0) bytes; a body larger than the block size gets a block of its own. */
+  reserve(size: number): Reservation {
+    let block = this.open;
+    if (!block || block.reserved + size > this.blockSize) {
+      if (block) this.complete(block);
+      block = new OpenBlock(this.nextId++, path.join(this.dir, blockFileName(this.nextId - 1)));
+      this.directoryDirty = true;
+      this.open = block;
+      this.live.add(block);
+    }
+    const offset = block.reserved;
+    block.reserved += size;
+    block.writers++;
+    return { block, offset, size };
+  }
+
+  /** The writer of a reservation is done (committed or failed). */
+  release(reservation: Reservation): void {
+    const { block } = reservation;
+    block.writers--;
+    this.closeIfDone(block);
+  }
+
+  /**
+   * Completes the open block so that the next reservation starts a new one. Returns the
+   * next_backend_file to record: every block below it is complete.
+   */
+  roll(): number {
+    if (this.open) this.complete(this.open);
+    this.open = undefined;
+    return this.nextId;
+  }
+
+  /** Blocks that still have writers (a clean close waits for them through the store). */
+  get busy(): boolean {
+    for (const block of this.live) if (block.writers > 0) return true;
+    return false;
+  }
+
+  async close(): Promise<void> {
+    this.roll();
+    await Promise.all([...this.live].map((b) => b.close()));
+    this.live.clear();
+  }
+
+  private complete(block: OpenBlock): void {
+    block.complete = true;
+    this.closeIfDone(block);
+  }
+
+  private closeIfDone(block: OpenBlock): void {
+    if (block.complete && block.writers === 0 && this.live.delete(block)) void block.close();
+  }
+}
+
+const READ_CHUNK = 1024 * 1024;
+const MAX_CACHED_HANDLES = 128;
+
+interface CachedHandle {
+  handle: Promise<fs.FileHandle>;
+  refs: number;
+}
+
+/** Positional reads from block files, with a small cache of open handles. */
+export class BlockReader {
+  private readonly handles = new Map<number, CachedHandle>();
+
+  constructor(private readonly dir: string) {}
+
+  /** Reads `size` bytes at `offset` of a block. */
+  async read(block: number, offset: number, size: number): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(size);
+    if (size === 0) return buf;
+    const entry = this.acquire(block);
+    try {
+      const handle = await entry.handle;
+      let done = 0;
+      while (done < size) {
+        const { bytesRead } = await handle.read(buf, done, size - done, offset + done);
+        if (bytesRead === 0) throw new Error(`${blockFileName(block)} ends before offset ${offset + size}`);
+        done += bytesRead;
+      }
+      return buf;
+    } finally {
+      this.releaseHandle(block, entry);
+    }
+  }
+
+  /** A stream of `size` bytes at `offset`, read in chunks as the consumer asks for them. */
+  stream(block: number, offset: number, size: number): Readable {
+    let position = offset;
+    const end = offset + size;
+    let entry: CachedHandle | undefined;
+    const release = () => {
+      if (entry) this.releaseHandle(block, entry);
+      entry = undefined;
+    };
+    const readable: Readable = new Readable({
+      highWaterMark: READ_CHUNK,
+      read: (wanted) => {
+        if (position >= end) {
+          release();
+          return void readable.push(null);
+        }
+        entry ??= this.acquire(block);
+        const length = Math.min(end - position, Math.max(wanted, READ_CHUNK));
+        const at = position;
+        position += length;
+        this.read(block, at, length).then(
+          (chunk) => readable.push(chunk),
+          (err: Error) => readable.destroy(err),
+        );
+      },
+      destroy: (err, callback) => {
+        release();
+        callback(err);
+      },
+    });
+    return readable;
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.handles.values()];
+    this.handles.clear();
+    await Promise.all(all.map(async (e) => (await e.handle.catch(() => undefined))?.close()));
+  }
+
+  private acquire(block: number): CachedHandle {
+    let entry = this.handles.get(block);
+    if (!entry) {
+      entry = { handle: fs.open(path.join(this.dir, blockFileName(block)), 'r'), refs: 0 };
+      entry.handle.catch(() => undefined);
+      this.handles.set(block, entry);
+      this.evict();
+    } else {
+      // Map order is insertion order: move to the back so the least recently used goes first.
+      this.handles.delete(block);
+      this.handles.set(block, entry);
+    }
+    entry.refs++;
+    return entry;
+  }
+
+  private releaseHandle(block: number, entry: CachedHandle): void {
+    entry.refs--;
+    // A handle that failed to open is dropped so a later read retries.
+    entry.handle.catch(() => {
+      if (this.handles.get(block) === entry) this.handles.delete(block);
+    });
+  }
+
+  private evict(): void {
+    for (const [id, entry] of this.handles) {
+      if (this.handles.size <= MAX_CACHED_HANDLES) return;
+      if (entry.refs === 0) {
+        this.handles.delete(id);
+        void entry.handle.then((h) => h.close(), () => undefined);
+      }
+    }
+  }
+}
