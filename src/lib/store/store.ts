@@ -471,6 +471,7 @@ export class Store {
       } finally {
         await this.writer!.close();
         await this.journal?.close();
+        await fsp.rm(path.join(this.dir, SCRATCH_DIR), { recursive: true, force: true });
         await this.lock?.release();
       }
     }

@@ -1,0 +1,53 @@
+import { Command, Flags } from '@oclif/core';
+import { DEFAULT_BLOCK_SIZE, MAX_OBJECT_SIZE } from '../lib/store/files.js';
+import { StoreError } from '../lib/store/errors.js';
+import { serve } from '../lib/cli/serve.js';
+
+export default class Serve extends Command {
+  static override description = `Serve a store directory over the S3 API.
+
+Objects are packed into block files of at most the block size; every acknowledged write is on disk (fsync) before the reply. Go-style single-dash flags work too: zipkv serve -dir zipdir -addr 127.0.0.1:7711. SIGINT or SIGTERM finishes the requests in flight, writes the db and exits 0; the directory is then one the original zipkvserver reads.`;
+
+  static override examples = [
+    '<%= config.bin %> serve -dir zipdir',
+    '<%= config.bin %> serve --dir zipdir --addr 0.0.0.0:7711 --access-key AK --secret-key SK',
+    '<%= config.bin %> serve -dir zipdir -bs 1048576 -bucket data --quiet',
+  ];
+
+  static override flags = {
+    dir: Flags.string({ description: 'store directory (created if missing)', required: true }),
+    addr: Flags.string({ description: 'address to listen on, host:port', default: '127.0.0.1:7711' }),
+    bs: Flags.integer({ description: 'block size in bytes', default: DEFAULT_BLOCK_SIZE, min: 1, max: MAX_OBJECT_SIZE }),
+    bucket: Flags.string({ description: 'name of the one bucket served', default: 'bucket' }),
+    'access-key': Flags.string({ description: 'require requests signed with this access key (AWS Signature V2 or V4)', env: 'ZIPKV_ACCESS_KEY', dependsOn: ['secret-key'] }),
+    'secret-key': Flags.string({ description: 'the secret key that goes with --access-key', env: 'ZIPKV_SECRET_KEY', dependsOn: ['access-key'] }),
+    'no-fsync': Flags.boolean({ description: 'do not fsync before replying (fast, NOT durable: for benchmarks and throwaway data)', default: false }),
+    'idle-timeout': Flags.integer({ description: 'seconds a connection may stay idle (no bytes either way) before it is closed', default: 60, min: 1 }),
+    quiet: Flags.boolean({ char: 'q', description: 'no log line per request', default: false }),
+  };
+
+  async run(): Promise<void> {
+    const { flags } = await this.parse(Serve);
+    const accessKey = flags['access-key'];
+    const secretKey = flags['secret-key'];
+    try {
+      await serve({
+        dir: flags.dir,
+        addr: flags.addr,
+        blockSize: flags.bs,
+        bucket: flags.bucket,
+        fsync: !flags['no-fsync'],
+        quiet: flags.quiet,
+        credentials: accessKey && secretKey ? { accessKey, secretKey } : undefined,
+        idleTimeoutMs: flags['idle-timeout'] * 1000,
+        out: (line) => process.stdout.write(`${line}\n`),
+        warn: (line) => process.stderr.write(`${line}\n`),
+      });
+    } catch (err) {
+      if (err instanceof StoreError || (err as NodeJS.ErrnoException).code === 'EADDRINUSE' || err instanceof Error) {
+        this.error((err as Error).message, { exit: 2 });
+      }
+      throw err;
+    }
+  }
+}

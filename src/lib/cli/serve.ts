@@ -1,0 +1,88 @@
+/** Runs the S3 server on a store until SIGINT or SIGTERM, then closes both cleanly. */
+import { isIP } from 'node:net';
+import { openStore } from '../store/store.js';
+import { S3Server } from '../s3/server.js';
+import type { Credentials } from '../s3/auth/authenticate.js';
+
+export interface ServeOptions {
+  dir: string;
+  addr: string;
+  blockSize: number;
+  bucket: string;
+  fsync: boolean;
+  quiet: boolean;
+  credentials?: Credentials;
+  idleTimeoutMs: number;
+  /** Where the start-up line, request lines and the summary go. */
+  out: (line: string) => void;
+  warn: (line: string) => void;
+}
+
+export function parseAddr(addr: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(addr);
+  if (!m) throw new Error(`-addr must be host:port (e.g. 127.0.0.1:7711), not ${JSON.stringify(addr)}`);
+  const port = Number(m[3]);
+  if (port > 65535) throw new Error(`port ${port} is out of range`);
+  return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
+}
+
+function mib(bytes: number): string {
+  return bytes % (1024 * 1024) === 0 ? `${bytes / 1024 / 1024} MiB` : `${bytes} bytes`;
+}
+
+/** Serves until a signal; resolves with the summary once the store is closed. */
+export async function serve(opts: ServeOptions): Promise<void> {
+  const { host, port } = parseAddr(opts.addr);
+  const store = await openStore(opts.dir, { blockSize: opts.blockSize, fsync: opts.fsync, warn: opts.warn });
+  const server = new S3Server(store, {
+    host,
+    port,
+    bucket: opts.bucket,
+    credentials: opts.credentials,
+    idleTimeoutMs: opts.idleTimeoutMs,
+    log: opts.quiet ? undefined : opts.out,
+  });
+  let address;
+  try {
+    address = await server.listen();
+  } catch (err) {
+    await store.close();
+    throw err;
+  }
+  const where = address.family === 'IPv6' ? `[${address.address}]:${address.port}` : `${address.address}:${address.port}`;
+  const stats = store.stats();
+  opts.out(
+    `zipkv serving ${store.dir} as bucket "${opts.bucket}" on http://${where} ` +
+      `(block size ${mib(opts.blockSize)}, ${opts.fsync ? 'durable: fsync before every reply' : 'NOT durable: fsync off'}, ` +
+      `${stats.liveObjects} objects at revision ${stats.revision}, ` +
+      `${opts.credentials ? 'signed requests only' : 'no credentials: every request accepted'})`,
+  );
+  if (!opts.credentials && !isLoopback(host)) {
+    opts.warn(
+      `WARNING: listening on ${host}, which is not a loopback address, without credentials: ` +
+        'anyone who can reach it can read, overwrite and delete every object. Set --access-key and --secret-key.',
+    );
+  }
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string) => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      opts.out(`zipkv: ${signal}: finishing requests in flight, then closing the store`);
+      resolve();
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+  await server.close();
+  await store.close();
+  const { requests, errors, bytesIn, bytesOut } = server.counters;
+  const after = store.stats();
+  opts.out(
+    `zipkv stopped cleanly: ${requests} requests (${errors} errors), ${bytesIn} bytes in, ${bytesOut} bytes out; ` +
+      `${after.liveObjects} objects at revision ${after.revision}; db written, directory ready for the original tools`,
+  );
+}

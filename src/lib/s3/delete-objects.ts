@@ -1,0 +1,45 @@
+/** DeleteObjects (POST /bucket?delete): up to 1000 keys, per-key results, Quiet mode. */
+import { createHash } from 'node:crypto';
+import { readSmallBody } from './body.js';
+import type { RequestContext } from './context.js';
+import { header } from './context.js';
+import { s3Error } from './errors.js';
+import { MAX_KEY_BYTES } from './objects.js';
+import { sendXml, toS3Error } from './respond.js';
+import { type XmlNode, parseXml, xmlDocument, xmlText } from './xml.js';
+
+const MAX_OBJECTS = 1000;
+const MAX_BODY = 2 * 1024 * 1024;
+
+export async function deleteObjects(ctx: RequestContext): Promise<void> {
+  const body = await readSmallBody(ctx, MAX_BODY);
+  if (header(ctx, 'content-md5') !== undefined) {
+    if (createHash('md5').update(body).digest('base64') !== header(ctx, 'content-md5')!.trim()) throw s3Error('BadDigest');
+  }
+  const root = parseXml(body.toString('utf8')).Delete as Record<string, unknown> | undefined;
+  if (!root || typeof root !== 'object') throw s3Error('MalformedXML');
+  const objects = (root.Object as unknown[] | undefined) ?? [];
+  if (objects.length === 0 || objects.length > MAX_OBJECTS) throw s3Error('MalformedXML');
+  const keys = objects.map((o) => {
+    const key = xmlText((o as Record<string, unknown>).Key);
+    if (key === undefined) throw s3Error('MalformedXML');
+    return key;
+  });
+  const quiet = xmlText(root.Quiet)?.trim().toLowerCase() === 'true';
+  const deleted: XmlNode[] = [];
+  const errors: XmlNode[] = [];
+  // Deletes of different keys run together and share the group commit.
+  await Promise.all(
+    keys.map(async (key) => {
+      try {
+        if (Buffer.byteLength(key) > MAX_KEY_BYTES || key === '') throw s3Error('KeyTooLongError');
+        await ctx.store.delete(key);
+        if (!quiet) deleted.push({ Key: key });
+      } catch (err) {
+        const e = toS3Error(err);
+        errors.push({ Key: key, Code: e.code, Message: e.message });
+      }
+    }),
+  );
+  sendXml(ctx, 200, xmlDocument('DeleteResult', { Deleted: deleted, Error: errors }));
+}

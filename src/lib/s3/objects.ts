@@ -1,0 +1,156 @@
+/** Object operations: GetObject, HeadObject, PutObject, CopyObject, DeleteObject. */
+import type { OutgoingHttpHeaders } from 'node:http';
+import { pipeline } from 'node:stream/promises';
+import { MAX_OBJECT_SIZE } from '../store/files.js';
+import type { ObjectInfo } from '../store/store.js';
+import { contentLength, openRequestBody } from './body.js';
+import { header, type RequestContext } from './context.js';
+import { s3Error } from './errors.js';
+import { RESPONSE_OVERRIDES, metadataResponseHeaders, objectMetadataFrom } from './metadata.js';
+import { conditionHeaders, evaluatePreconditions, parseRange } from './preconditions.js';
+import { sendEmpty, sendXml } from './respond.js';
+import { xmlDocument } from './xml.js';
+
+/** Bodies up to this size are read with one call and sent with one write. */
+const SMALL_OBJECT = 256 * 1024;
+export const MAX_KEY_BYTES = 1024;
+
+export function checkKey(key: string): void {
+  if (Buffer.byteLength(key, 'utf8') > MAX_KEY_BYTES) throw s3Error('KeyTooLongError', undefined, { MaxSizeAllowed: String(MAX_KEY_BYTES) });
+}
+
+export function quoteEtag(etag: string): string {
+  return `"${etag}"`;
+}
+
+export function objectOrThrow(ctx: RequestContext, key: string): ObjectInfo {
+  const info = ctx.store.head(key);
+  if (!info) throw s3Error('NoSuchKey', undefined, { Key: key });
+  return info;
+}
+
+export async function getObject(ctx: RequestContext, headOnly: boolean): Promise<void> {
+  const key = ctx.key!;
+  const info = objectOrThrow(ctx, key);
+  const etag = await ctx.store.etagOf(info);
+  const validators: OutgoingHttpHeaders = {
+    ETag: quoteEtag(etag),
+    'Last-Modified': info.lastModified.toUTCString(),
+  };
+  if (evaluatePreconditions(conditionHeaders(ctx.req.headers), etag, info.lastModified) === 'not-modified') {
+    ctx.res.writeHead(304, validators);
+    ctx.res.end();
+    return;
+  }
+  const range = parseRange(header(ctx, 'range'), info.size);
+  const headers: OutgoingHttpHeaders = { ...metadataResponseHeaders(info.metadata), ...validators, 'Accept-Ranges': 'bytes' };
+  if (!headOnly) {
+    for (const [param, name] of Object.entries(RESPONSE_OVERRIDES)) {
+      const value = ctx.query.get(param);
+      if (value !== null) headers[name] = value;
+    }
+  }
+  const start = range?.start ?? 0;
+  const end = range?.end ?? info.size - 1;
+  const length = Math.max(0, end - start + 1);
+  headers['Content-Length'] = length;
+  if (range) headers['Content-Range'] = `bytes ${start}-${end}/${info.size}`;
+  const status = range ? 206 : 200;
+  if (headOnly) {
+    ctx.res.writeHead(status, headers);
+    ctx.res.end();
+    return;
+  }
+  if (length <= SMALL_OBJECT) {
+    const body = await ctx.store.read(info, start, end);
+    ctx.res.writeHead(status, headers);
+    ctx.res.end(body);
+    return;
+  }
+  ctx.res.writeHead(status, headers);
+  await pipeline(ctx.store.createReadStream(info, start, end), ctx.res);
+}
+
+function parseContentMd5(ctx: RequestContext): Buffer | undefined {
+  const value = header(ctx, 'content-md5');
+  if (value === undefined) return undefined;
+  const md5 = Buffer.from(value.trim(), 'base64');
+  if (md5.length !== 16 || md5.toString('base64') !== value.trim()) throw s3Error('InvalidDigest');
+  return md5;
+}
+
+export async function putObject(ctx: RequestContext): Promise<void> {
+  const key = ctx.key!;
+  checkKey(key);
+  if (header(ctx, 'x-amz-copy-source') !== undefined) return copyObject(ctx);
+  const metadata = objectMetadataFrom(ctx.req.headers);
+  const announced = contentLength(ctx);
+  const decoded = header(ctx, 'x-amz-decoded-content-length');
+  const size = decoded !== undefined && /^\d+$/.test(decoded) ? Number(decoded) : announced;
+  if (size !== undefined && size > MAX_OBJECT_SIZE) {
+    throw s3Error('EntityTooLarge', undefined, { ProposedSize: String(size), MaxSizeAllowed: String(MAX_OBJECT_SIZE) });
+  }
+  const expectedMd5 = parseContentMd5(ctx);
+  const body = openRequestBody(ctx);
+  const info = await ctx.store.put(key, body.stream, { size: body.size, metadata, expectedMd5 });
+  sendEmpty(ctx, 200, { ETag: quoteEtag(info.etag!) });
+}
+
+/** x-amz-copy-source in every form clients send: with or without a leading slash, URL-encoded. */
+export function parseCopySource(ctx: RequestContext): string {
+  let value = header(ctx, 'x-amz-copy-source')!;
+  const q = value.indexOf('?');
+  if (q >= 0) {
+    const params = new URLSearchParams(value.slice(q + 1));
+    const version = params.get('versionId');
+    if (version !== null && version !== 'null') throw s3Error('InvalidArgument', 'This server does not keep object versions.', { ArgumentName: 'versionId', ArgumentValue: version });
+    value = value.slice(0, q);
+  }
+  let decoded: string;
+  try {
+    decoded = decodeURIComponent(value);
+  } catch {
+    throw s3Error('InvalidArgument', 'Invalid copy source encoding.', { ArgumentName: 'x-amz-copy-source' });
+  }
+  if (decoded.startsWith('/')) decoded = decoded.slice(1);
+  const slash = decoded.indexOf('/');
+  if (slash <= 0 || slash === decoded.length - 1) {
+    throw s3Error('InvalidArgument', 'Copy Source must mention the source bucket and key: sourcebucket/sourcekey.', { ArgumentName: 'x-amz-copy-source' });
+  }
+  const bucket = decoded.slice(0, slash);
+  if (bucket !== ctx.config.bucket) throw s3Error('NoSuchBucket', undefined, { BucketName: bucket });
+  return decoded.slice(slash + 1);
+}
+
+export async function copyObject(ctx: RequestContext): Promise<void> {
+  const key = ctx.key!;
+  const sourceKey = parseCopySource(ctx);
+  const source = objectOrThrow(ctx, sourceKey);
+  const etag = await ctx.store.etagOf(source);
+  if (evaluatePreconditions(conditionHeaders(ctx.req.headers, 'x-amz-copy-source-'), etag, source.lastModified) !== 'proceed') {
+    throw s3Error('PreconditionFailed');
+  }
+  const directive = (header(ctx, 'x-amz-metadata-directive') ?? 'COPY').toUpperCase();
+  if (directive !== 'COPY' && directive !== 'REPLACE') {
+    throw s3Error('InvalidArgument', 'Unknown metadata directive.', { ArgumentName: 'x-amz-metadata-directive', ArgumentValue: directive });
+  }
+  if (sourceKey === key && directive === 'COPY') {
+    throw s3Error(
+      'InvalidRequest',
+      "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
+    );
+  }
+  const info = await ctx.store.copy(sourceKey, key, directive === 'REPLACE' ? objectMetadataFrom(ctx.req.headers) : undefined);
+  if (!info) throw s3Error('NoSuchKey', undefined, { Key: sourceKey });
+  sendXml(
+    ctx,
+    200,
+    xmlDocument('CopyObjectResult', { LastModified: info.lastModified.toISOString(), ETag: quoteEtag(etag) }),
+  );
+}
+
+export async function deleteObject(ctx: RequestContext): Promise<void> {
+  checkKey(ctx.key!);
+  await ctx.store.delete(ctx.key!);
+  sendEmpty(ctx, 204);
+}

@@ -1,0 +1,70 @@
+/** Writing replies: XML documents, empty replies and S3 error documents. */
+import type { RequestContext } from './context.js';
+import { resourceOf } from './context.js';
+import { S3Error, s3Error } from './errors.js';
+import { xmlDocument } from './xml.js';
+import {
+  BodySizeMismatchError,
+  DigestMismatchError,
+  ObjectTooLargeError,
+  StoreStateError,
+} from '../store/errors.js';
+
+export function sendXml(ctx: RequestContext, status: number, xml: string): void {
+  const body = Buffer.from(xml, 'utf8');
+  ctx.res.writeHead(status, { 'Content-Type': 'application/xml', 'Content-Length': body.length });
+  ctx.res.end(body);
+}
+
+export function sendEmpty(ctx: RequestContext, status: number, headers: Record<string, string | number> = {}): void {
+  ctx.res.writeHead(status, { ...headers, 'Content-Length': 0 });
+  ctx.res.end();
+}
+
+/** Turns anything thrown by a handler into the S3 error a client understands. */
+export function toS3Error(err: unknown): S3Error {
+  if (err instanceof S3Error) return err;
+  if (err instanceof BodySizeMismatchError) return s3Error('IncompleteBody', err.message);
+  if (err instanceof DigestMismatchError) return s3Error('BadDigest');
+  if (err instanceof ObjectTooLargeError) return s3Error('EntityTooLarge', err.message);
+  if (err instanceof StoreStateError) return s3Error('ServiceUnavailable', 'The server is shutting down.');
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'ENOSPC' || code === 'EDQUOT') return s3Error('ServiceUnavailable', 'The server is out of disk space.');
+  if (code === 'ERR_STREAM_PREMATURE_CLOSE' || code === 'ECONNRESET') return s3Error('IncompleteBody');
+  return s3Error('InternalError');
+}
+
+export function sendError(ctx: RequestContext, err: unknown): S3Error {
+  const error = toS3Error(err);
+  const { res } = ctx;
+  if (res.headersSent) {
+    // The reply is under way: all we can still do is break the connection so the client sees it.
+    res.destroy();
+    return error;
+  }
+  const xml = xmlDocument(
+    'Error',
+    {
+      Code: error.code,
+      Message: error.message,
+      ...error.details,
+      Resource: resourceOf(ctx),
+      RequestId: ctx.requestId,
+    },
+    undefined,
+  );
+  const headers: Record<string, string | number> = {};
+  if (error.code === 'InvalidRange' && error.details.ActualObjectSize) {
+    headers['Content-Range'] = `bytes */${error.details.ActualObjectSize}`;
+  }
+  if (error.status === 304) {
+    sendEmpty(ctx, 304, headers);
+    return error;
+  }
+  // A request whose body was not read (refused early) cannot keep its connection.
+  if (!ctx.req.complete) headers.Connection = 'close';
+  const body = Buffer.from(xml, 'utf8');
+  res.writeHead(error.status, { ...headers, 'Content-Type': 'application/xml', 'Content-Length': body.length });
+  res.end(body);
+  return error;
+}

@@ -1,0 +1,113 @@
+/**
+ * Routing: from method, path and query to the handler of one S3 operation. Path style only
+ * (`/bucket/key`); the key is the percent-decoded rest of the path.
+ */
+import type { RequestContext } from './context.js';
+import { s3Error } from './errors.js';
+import { createBucket, getBucketLocation, headBucket, listBuckets, listObjects } from './buckets.js';
+import { deleteObjects } from './delete-objects.js';
+import {
+  abortMultipartUpload,
+  completeMultipartUpload,
+  createMultipartUpload,
+  listMultipartUploads,
+  listParts,
+  uploadPart,
+} from './multipart.js';
+import { deleteObject, getObject, putObject } from './objects.js';
+
+export type Handler = (ctx: RequestContext) => Promise<void> | void;
+
+/** Sub-resources of S3 that zipkv does not implement: NotImplemented, never a wrong answer. */
+const UNSUPPORTED = [
+  'accelerate', 'acl', 'analytics', 'attributes', 'cors', 'encryption', 'intelligent-tiering', 'inventory',
+  'legal-hold', 'lifecycle', 'logging', 'metrics', 'notification', 'object-lock', 'ownershipControls', 'policy',
+  'policyStatus', 'publicAccessBlock', 'replication', 'requestPayment', 'restore', 'retention', 'select',
+  'tagging', 'torrent', 'versioning', 'versions', 'website',
+];
+
+export interface ParsedTarget {
+  rawPath: string;
+  query: URLSearchParams;
+  bucket: string | undefined;
+  key: string | undefined;
+}
+
+/** Splits and decodes a request target; malformed percent-encoding is an error, not a guess. */
+export function parseTarget(url: string): ParsedTarget {
+  let target = url;
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\/[^/]*/i.exec(target);
+  if (scheme) target = target.slice(scheme[0].length) || '/';
+  if (!target.startsWith('/')) throw s3Error('InvalidRequest', 'The request target is not a path.');
+  const q = target.indexOf('?');
+  const rawPath = q >= 0 ? target.slice(0, q) : target;
+  const query = new URLSearchParams(q >= 0 ? target.slice(q + 1) : '');
+  const slash = rawPath.indexOf('/', 1);
+  const rawBucket = slash < 0 ? rawPath.slice(1) : rawPath.slice(1, slash);
+  const rawKey = slash < 0 ? '' : rawPath.slice(slash + 1);
+  const decode = (s: string) => {
+    try {
+      return decodeURIComponent(s);
+    } catch {
+      throw s3Error('InvalidArgument', 'The path is not valid percent-encoded UTF-8.');
+    }
+  };
+  return {
+    rawPath,
+    query,
+    bucket: rawBucket === '' ? undefined : decode(rawBucket),
+    key: rawKey === '' ? undefined : decode(rawKey),
+  };
+}
+
+export function route(ctx: RequestContext): Handler {
+  const method = ctx.req.method ?? 'GET';
+  const { query } = ctx;
+  if (ctx.bucket === undefined) {
+    if (method === 'GET') return listBuckets;
+    throw s3Error('MethodNotAllowed');
+  }
+  if (ctx.bucket !== ctx.config.bucket) {
+    throw s3Error('NoSuchBucket', undefined, { BucketName: ctx.bucket });
+  }
+  for (const name of UNSUPPORTED) {
+    if (query.has(name)) throw s3Error('NotImplemented', `The ?${name} sub-resource is not implemented.`);
+  }
+  if (ctx.key === undefined) {
+    switch (method) {
+      case 'GET':
+        if (query.has('location')) return getBucketLocation;
+        if (query.has('uploads')) return listMultipartUploads;
+        return listObjects;
+      case 'HEAD':
+        return headBucket;
+      case 'PUT':
+        return createBucket;
+      case 'POST':
+        if (query.has('delete')) return deleteObjects;
+        throw s3Error('NotImplemented', 'POST to a bucket is implemented only for ?delete.');
+      case 'DELETE':
+        throw s3Error('NotImplemented', 'zipkv serves one bucket, which cannot be deleted.');
+      default:
+        throw s3Error('MethodNotAllowed');
+    }
+  }
+  const inUpload = query.has('uploadId');
+  switch (method) {
+    case 'GET':
+      return inUpload ? listParts : (ctx) => getObject(ctx, false);
+    case 'HEAD':
+      return (ctx) => getObject(ctx, true);
+    case 'PUT':
+      if (inUpload || query.has('partNumber')) return uploadPart;
+      return putObject;
+    case 'POST':
+      if (query.has('uploads')) return createMultipartUpload;
+      if (inUpload) return completeMultipartUpload;
+      throw s3Error('NotImplemented', 'POST object uploads (HTML forms) are not implemented.');
+    case 'DELETE':
+      return inUpload ? abortMultipartUpload : deleteObject;
+    default:
+      throw s3Error('MethodNotAllowed');
+  }
+}

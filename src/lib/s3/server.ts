@@ -1,0 +1,148 @@
+/**
+ * The HTTP server: one request -> authenticate -> route -> handler -> store, and one log line.
+ * Shutdown stops accepting, lets requests in flight finish, then the caller closes the store.
+ */
+import { randomBytes } from 'node:crypto';
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Store } from '../store/store.js';
+import { MultipartUploads } from '../store/uploads.js';
+import { authenticate } from './auth/authenticate.js';
+import type { RequestContext, S3Config } from './context.js';
+import { sendError } from './respond.js';
+import { parseTarget, route } from './router.js';
+
+export interface ServerOptions extends S3Config {
+  host: string;
+  port: number;
+  /** Called with one line per request; omit for silence. */
+  log?: (line: string) => void;
+  /** A connection idle this long (no bytes either way) is closed. */
+  idleTimeoutMs?: number;
+  /** Largest request header section. */
+  maxHeaderBytes?: number;
+}
+
+export interface ServerCounters {
+  requests: number;
+  errors: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+const BAD_REQUEST =
+  'HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\nConnection: close\r\nContent-Length: ';
+
+export class S3Server {
+  readonly counters: ServerCounters = { requests: 0, errors: 0, bytesIn: 0, bytesOut: 0 };
+  private readonly http: http.Server;
+  private readonly uploads: MultipartUploads;
+  private inFlight = 0;
+  private drained: (() => void) | undefined;
+  private closing = false;
+
+  constructor(
+    private readonly store: Store,
+    private readonly options: ServerOptions,
+  ) {
+    this.uploads = new MultipartUploads(store);
+    this.http = http.createServer({
+      maxHeaderSize: options.maxHeaderBytes ?? 16 * 1024,
+      requestTimeout: 0, // large uploads may take long; idleness is what is timed out
+      headersTimeout: 30_000,
+      keepAliveTimeout: 5_000,
+    });
+    this.http.timeout = options.idleTimeoutMs ?? 60_000;
+    this.http.on('request', (req, res) => void this.handle(req, res, false));
+    this.http.on('checkContinue', (req, res) => void this.handle(req, res, true));
+    this.http.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+      if (!socket.writable || err.code === 'ECONNRESET') return void socket.destroy();
+      const code = err.code === 'HPE_HEADER_OVERFLOW' ? 'RequestHeaderSectionTooLarge' : 'BadRequest';
+      const body = `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code><Message>The request could not be parsed.</Message></Error>`;
+      socket.end(`${BAD_REQUEST}${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    });
+  }
+
+  async listen(): Promise<AddressInfo> {
+    await new Promise<void>((resolve, reject) => {
+      this.http.once('error', reject);
+      this.http.listen(this.options.port, this.options.host, () => {
+        this.http.off('error', reject);
+        resolve();
+      });
+    });
+    return this.http.address() as AddressInfo;
+  }
+
+  /** Stops accepting, waits for requests in flight, and closes every connection. */
+  async close(): Promise<void> {
+    this.closing = true;
+    const closed = new Promise<void>((resolve) => this.http.close(() => resolve()));
+    this.http.closeIdleConnections();
+    if (this.inFlight > 0) await new Promise<void>((resolve) => (this.drained = resolve));
+    this.http.closeAllConnections();
+    await closed;
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): Promise<void> {
+    const started = performance.now();
+    this.inFlight++;
+    this.counters.requests++;
+    const requestId = randomBytes(8).toString('hex').toUpperCase();
+    res.setHeader('x-amz-request-id', requestId);
+    res.setHeader('Server', 'zipkv');
+    if (this.closing) res.setHeader('Connection', 'close');
+    const ctx: RequestContext = {
+      req,
+      res,
+      store: this.store,
+      uploads: this.uploads,
+      config: this.options,
+      requestId,
+      rawPath: '/',
+      query: new URLSearchParams(),
+      bucket: undefined,
+      key: undefined,
+      auth: { kind: 'anonymous' },
+      expectsContinue,
+    };
+    res.once('close', () => {
+      this.finished(ctx, started);
+    });
+    try {
+      const target = parseTarget(req.url ?? '/');
+      ctx.rawPath = target.rawPath;
+      ctx.query = target.query;
+      ctx.bucket = target.bucket;
+      ctx.key = target.key;
+      ctx.auth = authenticate({ method: req.method ?? 'GET', url: req.url ?? '/', headers: req.headers }, this.options.credentials, {
+        skipClockCheck: this.options.skipClockCheck,
+      });
+      await route(ctx)(ctx);
+    } catch (err) {
+      const error = sendError(ctx, err);
+      if (error.code === 'InternalError') {
+        process.stderr.write(`zipkv: internal error on ${req.method} ${req.url}: ${(err as Error)?.stack ?? String(err)}\n`);
+      }
+    }
+  }
+
+  private finished(ctx: RequestContext, started: number): void {
+    const { req, res } = ctx;
+    const bytesIn = Number(req.headers['x-amz-decoded-content-length'] ?? req.headers['content-length'] ?? 0) || 0;
+    const bytesOut = req.method === 'HEAD' ? 0 : Number(res.getHeader('content-length') ?? 0) || 0;
+    this.counters.bytesIn += bytesIn;
+    this.counters.bytesOut += bytesOut;
+    if (res.statusCode >= 400) this.counters.errors++;
+    if (this.options.log) {
+      const ms = (performance.now() - started).toFixed(1);
+      const status = res.writableFinished ? String(res.statusCode) : `${res.statusCode}(aborted)`;
+      this.options.log(`${req.method} /${ctx.bucket ?? ''}${ctx.key !== undefined ? `/${ctx.key}` : ''} ${status} ${req.method === 'GET' ? bytesOut : bytesIn}B ${ms}ms`);
+    }
+    if (--this.inFlight === 0 && this.drained) {
+      const drained = this.drained;
+      this.drained = undefined;
+      drained();
+    }
+  }
+}
