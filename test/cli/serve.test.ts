@@ -1,0 +1,96 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { GetObjectCommand, PutObjectCommand, DeleteObjectCommand, CopyObjectCommand } from '@aws-sdk/client-s3';
+import { expect } from 'chai';
+import { openStore } from '../../src/lib/store/store.js';
+import { decodeDbReflect } from '../../src/lib/store/schema.js';
+import { runZipkv, startZipkvServe } from '../helpers/cli.js';
+import { tempDir } from '../helpers/paths.js';
+import { bodyBytes, clientFor } from '../helpers/server.js';
+import { gunzipSync } from 'node:zlib';
+
+describe('cli: zipkv serve', () => {
+  it('`zipkv serve -dir zipdir` starts on 127.0.0.1:7711, serves, and SIGTERM exits 0 leaving a directory the original reads', async () => {
+    const cwd = await tempDir('serve');
+    const server = await startZipkvServe(['-dir', 'zipdir'], { cwd });
+    expect(server.url).to.equal('http://127.0.0.1:7711');
+    expect(server.output()).to.match(/bucket "bucket"/);
+    expect(server.output()).to.match(/block size 40 MiB/);
+    const client = clientFor(server.url);
+    try {
+      await client.send(new PutObjectCommand({ Bucket: 'bucket', Key: 'k', Body: 'hello', Metadata: { m: 'v' } }));
+      await client.send(new PutObjectCommand({ Bucket: 'bucket', Key: 'gone', Body: 'x' }));
+      await client.send(new DeleteObjectCommand({ Bucket: 'bucket', Key: 'gone' }));
+      await client.send(new CopyObjectCommand({ Bucket: 'bucket', Key: 'copy', CopySource: 'bucket/k' }));
+      const got = await client.send(new GetObjectCommand({ Bucket: 'bucket', Key: 'k' }));
+      expect((await bodyBytes(got.Body)).toString()).to.equal('hello');
+    } finally {
+      client.destroy();
+    }
+    const result = await server.stop('SIGTERM');
+    expect(result.code).to.equal(0);
+    expect(result.stdout).to.match(/stopped cleanly/);
+    expect(result.stdout).to.match(/PUT \/bucket\/k 200/); // one log line per request
+
+    const dir = path.join(cwd, 'zipdir');
+    const files = (await fs.readdir(dir)).sort();
+    expect(files.filter((f) => /^db\d{10}$/.test(f))).to.deep.equal(['db0000000000']);
+    expect(files).to.not.include('zipkv.lock');
+    // The original's rules: next_backend_file past every block, every record complete.
+    const db = decodeDbReflect(gunzipSync(await fs.readFile(path.join(dir, 'db0000000000')))) as {
+      nextBackendFile: number;
+      history: Array<{ put?: { filename: string; location?: object }; delete?: { filename: string } }>;
+    };
+    expect(db.nextBackendFile).to.equal(files.filter((f) => f.startsWith('block')).length);
+    expect(db.history.map((r) => (r.put ? `put ${r.put.filename}` : `delete ${r.delete!.filename}`))).to.deep.equal([
+      'put k', 'put gone', 'delete gone', 'put copy',
+    ]);
+    for (const r of db.history) if (r.put) expect(r.put.location).to.not.equal(undefined);
+    const store = await openStore(dir, { readOnly: true });
+    expect((await store.read(store.head('copy')!)).toString()).to.equal('hello');
+    expect(store.head('k')!.metadata).to.deep.equal({ 'x-amz-meta-m': 'v', 'Content-Type': 'application/octet-stream' });
+    await store.close();
+  });
+
+  it('-addr, -bs and -bucket work Go-style, and --quiet drops request lines', async () => {
+    const dir = path.join(await tempDir('serve'), 'd');
+    const server = await startZipkvServe(['-dir', dir, '-addr', '127.0.0.1:0', '-bs', '1024', '-bucket', 'data', '--quiet']);
+    expect(server.output()).to.match(/bucket "data"/).and.match(/block size 1024 bytes/);
+    const client = clientFor(server.url);
+    await client.send(new PutObjectCommand({ Bucket: 'data', Key: 'a', Body: Buffer.alloc(800) }));
+    await client.send(new PutObjectCommand({ Bucket: 'data', Key: 'b', Body: Buffer.alloc(800) }));
+    client.destroy();
+    const result = await server.stop('SIGINT');
+    expect(result.code).to.equal(0);
+    expect(result.stdout).to.not.match(/PUT \/data/);
+    // Two 800-byte bodies do not fit one 1024-byte block.
+    expect((await fs.readdir(dir)).filter((f) => f.startsWith('block'))).to.have.length(2);
+  });
+
+  it('a second server on the same directory is refused with a clear message', async () => {
+    const dir = path.join(await tempDir('serve'), 'd');
+    const first = await startZipkvServe(['-dir', dir, '-addr', '127.0.0.1:0', '--quiet']);
+    try {
+      const second = await runZipkv(['serve', '-dir', dir, '-addr', '127.0.0.1:0']);
+      expect(second.code).to.not.equal(0);
+      expect(second.stderr).to.match(new RegExp(`in use by process ${first.child.pid}`));
+    } finally {
+      expect((await first.stop()).code).to.equal(0);
+    }
+  });
+
+  it('--help lists every option', async () => {
+    const help = await runZipkv(['serve', '--help']);
+    expect(help.code).to.equal(0);
+    for (const flag of ['--dir', '--addr', '--bs', '--bucket', '--access-key', '--secret-key', '--no-fsync', '--idle-timeout', '--quiet']) {
+      expect(help.stdout).to.include(flag);
+    }
+  });
+
+  it('warns loudly when bound beyond loopback without credentials', async () => {
+    const dir = path.join(await tempDir('serve'), 'd');
+    const server = await startZipkvServe(['-dir', dir, '-addr', '0.0.0.0:0', '--quiet']);
+    const result = await server.stop();
+    expect(result.stderr).to.match(/WARNING: .*not a loopback address, without credentials/);
+  });
+});
