@@ -107,6 +107,8 @@ export interface StoreStats {
   liveBytes: number;
   nextBlockId: number;
   journalBytes: number;
+  /** The current db slot (0..9), undefined before the first checkpoint. */
+  dbSlot: number | undefined;
 }
 
 type PendingOp = {
@@ -138,6 +140,8 @@ export class Store {
   /** Journal payloads not yet folded into the db. */
   private unfolded: Uint8Array[] = [];
   private pending: PendingOp[] = [];
+  /** Callers of `checkpoint()` waiting for the commit loop to write one. */
+  private checkpointWaiters: Array<{ resolve: () => void; reject: (err: Error) => void }> = [];
   private committing: Promise<void> | undefined;
   private inFlight = 0;
   private idle: (() => void) | undefined;
@@ -186,6 +190,7 @@ export class Store {
       liveBytes: this.index.liveBytes,
       nextBlockId: this.writer?.nextBlockId ?? this.nextBlock,
       journalBytes: this.journal?.recordBytes ?? 0,
+      dbSlot: this.dbSlot,
     };
   }
 
@@ -459,6 +464,18 @@ export class Store {
     }
   }
 
+  /**
+   * Folds the journal into the next db slot now (after every write already acknowledged),
+   * completing the open block, so the directory is one the original reads.
+   */
+  checkpoint(): Promise<void> {
+    this.assertWritable();
+    return new Promise<void>((resolve, reject) => {
+      this.checkpointWaiters.push({ resolve, reject });
+      if (!this.committing) this.committing = this.commitLoop();
+    });
+  }
+
   /** Writes a checkpoint, closes the open block and releases the directory. */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -523,11 +540,20 @@ export class Store {
 
   private async commitLoop(): Promise<void> {
     try {
-      while (this.pending.length > 0) {
+      while (this.pending.length > 0 || this.checkpointWaiters.length > 0) {
         const batch = this.pending;
         this.pending = [];
-        await this.commitBatch(batch);
-        if (this.journal && this.journal.recordBytes > Math.max(this.checkpointBytes, this.dbCompressedSize)) {
+        if (batch.length > 0) await this.commitBatch(batch);
+        if (this.checkpointWaiters.length > 0) {
+          const waiters = this.checkpointWaiters;
+          this.checkpointWaiters = [];
+          try {
+            await this.writeCheckpoint();
+            for (const w of waiters) w.resolve();
+          } catch (err) {
+            for (const w of waiters) w.reject(err as Error);
+          }
+        } else if (this.journal && this.journal.recordBytes > Math.max(this.checkpointBytes, this.dbCompressedSize)) {
           try {
             await this.writeCheckpoint();
           } catch (err) {
