@@ -291,6 +291,15 @@ export class Store {
 
     if (this.readOnly) return;
     await fsp.rm(path.join(this.dir, SCRATCH_DIR), { recursive: true, force: true });
+    // Two adjacent slots: a crash came between writing the newer db and removing the older.
+    // The newer one has just been read in full; the older one must go now. Left behind, the
+    // original would open it (it takes the lowest slot), and after the next checkpoint the two
+    // remaining slots would no longer be adjacent, so no reader could tell which is current.
+    const stale = listing.dbSlots.filter((slot) => slot !== this.dbSlot);
+    if (stale.length > 0) {
+      await Promise.all(stale.map((slot) => fsp.rm(path.join(this.dir, dbFileName(slot)), { force: true })));
+      if (this.durable) await syncDir(this.dir);
+    }
     this.writer = new BlockWriter(this.dir, this.blockSize, this.nextBlock);
     if (this.unfolded.length > 0 || (this.dbSlot !== undefined && dbNextBlock !== this.nextBlock)) {
       await this.writeCheckpoint(); // also starts a fresh journal
