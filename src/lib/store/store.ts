@@ -330,14 +330,15 @@ export class Store {
   /** Bytes [start, end] (inclusive) of an object, or all of it. */
   createReadStream(info: ObjectInfo, start = 0, end = info.size - 1): Readable {
     const { entry } = info;
-    const length = Math.max(0, end - start + 1);
+    const [from, length] = clampRange(entry.size, start, end);
     if (length === 0) return Readable.from([]);
-    return this.reader.stream(entry.block, entry.offset + start, length);
+    return this.reader.stream(entry.block, entry.offset + from, length);
   }
 
   /** Bytes [start, end] (inclusive) of an object as one buffer: for small reads. */
   async read(info: ObjectInfo, start = 0, end = info.size - 1): Promise<Buffer> {
-    return this.reader.read(info.entry.block, info.entry.offset + start, Math.max(0, end - start + 1));
+    const [from, length] = clampRange(info.entry.size, start, end);
+    return this.reader.read(info.entry.block, info.entry.offset + from, length);
   }
 
   /** A page of keys in UTF-8 byte order, with S3's delimiter roll-up. */
@@ -637,6 +638,16 @@ export class Store {
     this.journal = await JournalWriter.create(this.dir, this.revisionCount, this.durable);
     await old?.close();
   }
+}
+
+/**
+ * The part of [start, end] (inclusive) that lies within an object of `size` bytes, as
+ * [offset, length]: a read never runs into the bytes of the next object in the block.
+ */
+function clampRange(size: number, start: number, end: number): [number, number] {
+  const from = Math.max(0, Math.floor(start));
+  const to = Math.min(size - 1, Math.floor(end));
+  return to < from ? [from, 0] : [from, to - from + 1];
 }
 
 /** Streams a body into its reservation, hashing it; the byte count must match exactly. */
