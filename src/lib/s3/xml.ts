@@ -10,8 +10,9 @@ export const S3_NAMESPACE = 'http://s3.amazonaws.com/doc/2006-03-01/';
 const DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>\n';
 
 // Characters XML 1.0 cannot carry even as references are written as references anyway, as
-// S3 does; clients that care ask for encoding-type=url.
-const SPECIAL = /[&<>"'\u0000-\u0008\u000b\u000c\u000e-\u001f\ufffe\uffff]/g;
+// S3 does; clients that care ask for encoding-type=url. A carriage return is a reference too:
+// parsers turn a literal one into a line feed.
+const SPECIAL = /[&<>"'\u0000-\u0008\u000b-\u001f\ufffe\uffff]/g;
 
 export function escapeXml(text: string): string {
   return text.replace(SPECIAL, (c) => {
