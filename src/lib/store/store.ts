@@ -408,6 +408,7 @@ export class Store {
     this.assertWritable();
     if (opts.size === undefined && !(body instanceof Uint8Array)) return this.putSpooled(key, body, opts);
     const size = body instanceof Uint8Array ? body.length : opts.size!;
+    if (!Number.isSafeInteger(size) || size < 0) throw new RangeError(`an object size is a whole number of bytes, not ${size}`);
     if (size > MAX_OBJECT_SIZE) throw new ObjectTooLargeError(size, MAX_OBJECT_SIZE);
     if (body instanceof Uint8Array && opts.size !== undefined && opts.size !== size) {
       throw new BodySizeMismatchError(opts.size, size);
