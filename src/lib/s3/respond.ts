@@ -51,7 +51,7 @@ export function sendError(ctx: RequestContext, err: unknown): S3Error {
       Resource: resourceOf(ctx),
       RequestId: ctx.requestId,
     },
-    undefined,
+    null,
   );
   const headers: Record<string, string | number> = {};
   if (error.code === 'InvalidRange' && error.details.ActualObjectSize) {

@@ -49,7 +49,8 @@ function render(name: string, value: XmlValue | XmlValue[], out: string[]): void
 }
 
 /** A whole document: `<root xmlns="...">children</root>`. */
-export function xmlDocument(root: string, children: XmlNode, namespace: string | undefined = S3_NAMESPACE): string {
+/** `namespace: null` writes a root without xmlns (S3's error documents have none). */
+export function xmlDocument(root: string, children: XmlNode, namespace: string | null = S3_NAMESPACE): string {
   const out: string[] = [DECLARATION, namespace ? `<${root} xmlns="${namespace}">` : `<${root}>`];
   for (const [name, value] of Object.entries(children)) render(name, value, out);
   out.push(`</${root}>`);
