@@ -1,0 +1,269 @@
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import {
+  AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
+  CreateMultipartUploadCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListMultipartUploadsCommand,
+  ListPartsCommand,
+  PutObjectCommand,
+  S3ServiceException,
+  UploadPartCommand,
+  UploadPartCopyCommand,
+  type CompletedPart,
+} from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+import { expect } from 'chai';
+import { SCRATCH_DIR } from '../../src/lib/store/files.js';
+import { bodyBytes, startServer, type TestServer } from '../helpers/server.js';
+
+const MiB = 1024 * 1024;
+const md5 = (b: Uint8Array) => createHash('md5').update(b).digest('hex');
+
+/** S3's multipart ETag, computed here from the part boundaries: md5 of the parts' md5s, "-N". */
+function multipartEtag(body: Buffer, partSizes: number[]): string {
+  const outer = createHash('md5');
+  let at = 0;
+  for (const size of partSizes) {
+    outer.update(createHash('md5').update(body.subarray(at, at + size)).digest());
+    at += size;
+  }
+  expect(at).to.equal(body.length);
+  return `"${outer.digest('hex')}-${partSizes.length}"`;
+}
+
+async function s3Fails(promise: Promise<unknown>): Promise<S3ServiceException> {
+  try {
+    await promise;
+  } catch (err) {
+    if (err instanceof S3ServiceException) return err;
+    throw err;
+  }
+  throw new Error('expected the request to fail');
+}
+
+describe('s3: multipart uploads (AWS SDK)', () => {
+  let t: TestServer;
+  before(async () => {
+    t = await startServer();
+  });
+  after(async () => {
+    await t.stop();
+  });
+
+  const create = async (key: string) => (await t.client.send(new CreateMultipartUploadCommand({ Bucket: 'bucket', Key: key }))).UploadId!;
+  const part = async (key: string, id: string, n: number, body: Buffer): Promise<CompletedPart> => {
+    const out = await t.client.send(new UploadPartCommand({ Bucket: 'bucket', Key: key, UploadId: id, PartNumber: n, Body: body }));
+    return { PartNumber: n, ETag: out.ETag };
+  };
+  const complete = (key: string, id: string, parts: CompletedPart[]) =>
+    t.client.send(new CompleteMultipartUploadCommand({ Bucket: 'bucket', Key: key, UploadId: id, MultipartUpload: { Parts: parts } }));
+
+  it('lib-storage Upload of 17 MiB in 5 MiB parts: multipart ETag, same bytes', async () => {
+    const body = randomBytes(17 * MiB + 12345);
+    const upload = new Upload({
+      client: t.client,
+      params: { Bucket: 'bucket', Key: 'big/upload.bin', Body: body, ContentType: 'application/x-big', Metadata: { origin: 'lib-storage' } },
+      partSize: 5 * MiB,
+      queueSize: 4,
+    });
+    const done = await upload.done();
+    const expected = multipartEtag(body, [5 * MiB, 5 * MiB, 5 * MiB, 2 * MiB + 12345]);
+    expect(done.ETag).to.equal(expected);
+    const get = await t.client.send(new GetObjectCommand({ Bucket: 'bucket', Key: 'big/upload.bin' }));
+    expect(get.ETag).to.equal(expected);
+    expect(get.ContentLength).to.equal(body.length);
+    expect(get.ContentType).to.equal('application/x-big');
+    expect(get.Metadata).to.deep.equal({ origin: 'lib-storage' });
+    expect(md5(await bodyBytes(get.Body))).to.equal(md5(body));
+    const range = await t.client.send(new GetObjectCommand({ Bucket: 'bucket', Key: 'big/upload.bin', Range: `bytes=${5 * MiB - 3}-${5 * MiB + 2}` }));
+    expect((await bodyBytes(range.Body)).equals(body.subarray(5 * MiB - 3, 5 * MiB + 3))).to.equal(true);
+    // Nothing is left in the scratch area once the upload completed.
+    const list = await t.client.send(new ListMultipartUploadsCommand({ Bucket: 'bucket' }));
+    expect(list.Uploads ?? []).to.have.length(0);
+  });
+
+  it('by hand: Create, UploadPart (a part replaced), ListParts, ListMultipartUploads, Complete', async () => {
+    const key = 'hand/made';
+    const id = await create(key);
+    const p1 = randomBytes(5 * MiB);
+    const p2 = randomBytes(1000);
+    const first = await part(key, id, 1, randomBytes(5 * MiB)); // replaced below
+    const one = await part(key, id, 1, p1);
+    expect(one.ETag).to.equal(`"${md5(p1)}"`);
+    expect(one.ETag).to.not.equal(first.ETag);
+    const two = await part(key, id, 2, p2);
+
+    const parts = await t.client.send(new ListPartsCommand({ Bucket: 'bucket', Key: key, UploadId: id }));
+    expect(parts.Parts!.map((p) => [p.PartNumber, p.ETag, p.Size])).to.deep.equal([
+      [1, `"${md5(p1)}"`, p1.length],
+      [2, `"${md5(p2)}"`, p2.length],
+    ]);
+    expect(parts.IsTruncated).to.equal(false);
+    const page = await t.client.send(new ListPartsCommand({ Bucket: 'bucket', Key: key, UploadId: id, MaxParts: 1 }));
+    expect(page.Parts!.map((p) => p.PartNumber)).to.deep.equal([1]);
+    expect(page.IsTruncated).to.equal(true);
+    const rest = await t.client.send(
+      new ListPartsCommand({ Bucket: 'bucket', Key: key, UploadId: id, PartNumberMarker: page.NextPartNumberMarker }),
+    );
+    expect(rest.Parts!.map((p) => p.PartNumber)).to.deep.equal([2]);
+
+    const other = await create('hand/other');
+    const uploads = await t.client.send(new ListMultipartUploadsCommand({ Bucket: 'bucket', Prefix: 'hand/' }));
+    expect(uploads.Uploads!.map((u) => [u.Key, u.UploadId])).to.deep.equal([
+      ['hand/made', id],
+      ['hand/other', other],
+    ]);
+    expect(uploads.Uploads![0]!.Initiated).to.be.instanceOf(Date);
+    await t.client.send(new AbortMultipartUploadCommand({ Bucket: 'bucket', Key: 'hand/other', UploadId: other }));
+
+    const done = await complete(key, id, [one, two]);
+    expect(done.ETag).to.equal(multipartEtag(Buffer.concat([p1, p2]), [p1.length, p2.length]));
+    expect(done.Key).to.equal(key);
+    expect(done.Bucket).to.equal('bucket');
+    const get = await t.client.send(new GetObjectCommand({ Bucket: 'bucket', Key: key }));
+    expect(md5(await bodyBytes(get.Body))).to.equal(md5(Buffer.concat([p1, p2])));
+    // The upload is over: its id no longer works.
+    expect((await s3Fails(t.client.send(new ListPartsCommand({ Bucket: 'bucket', Key: key, UploadId: id })))).name).to.equal('NoSuchUpload');
+  });
+
+  it('Complete with only some of the parts uploaded uses just those', async () => {
+    const key = 'hand/subset';
+    const id = await create(key);
+    const a = randomBytes(5 * MiB);
+    const c = randomBytes(77);
+    const pa = await part(key, id, 1, a);
+    await part(key, id, 2, randomBytes(10));
+    const pc = await part(key, id, 3, c);
+    const done = await complete(key, id, [pa, pc]);
+    expect(done.ETag).to.equal(multipartEtag(Buffer.concat([a, c]), [a.length, c.length]));
+    const head = await t.client.send(new HeadObjectCommand({ Bucket: 'bucket', Key: key }));
+    expect(head.ContentLength).to.equal(a.length + c.length);
+  });
+
+  it('Abort: the upload is gone (NoSuchUpload) and no object appears', async () => {
+    const key = 'aborted';
+    const id = await create(key);
+    await part(key, id, 1, randomBytes(100));
+    const abort = await t.client.send(new AbortMultipartUploadCommand({ Bucket: 'bucket', Key: key, UploadId: id }));
+    expect(abort.$metadata.httpStatusCode).to.equal(204);
+    for (const promise of [
+      t.client.send(new UploadPartCommand({ Bucket: 'bucket', Key: key, UploadId: id, PartNumber: 2, Body: 'x' })),
+      t.client.send(new ListPartsCommand({ Bucket: 'bucket', Key: key, UploadId: id })),
+      complete(key, id, [{ PartNumber: 1, ETag: '"00"' }]),
+      t.client.send(new AbortMultipartUploadCommand({ Bucket: 'bucket', Key: key, UploadId: id })),
+    ]) {
+      const err = await s3Fails(promise);
+      expect(err.name).to.equal('NoSuchUpload');
+      expect(err.$metadata.httpStatusCode).to.equal(404);
+    }
+    expect(t.store.head(key)).to.equal(undefined);
+    expect(await fs.readdir(path.join(t.dir, SCRATCH_DIR, 'uploads'))).to.not.include(id);
+    // An id that never existed, and a real id used with another key.
+    const real = await create('real');
+    expect((await s3Fails(t.client.send(new ListPartsCommand({ Bucket: 'bucket', Key: 'real', UploadId: 'nope' })))).name).to.equal('NoSuchUpload');
+    expect((await s3Fails(t.client.send(new ListPartsCommand({ Bucket: 'bucket', Key: 'other', UploadId: real })))).name).to.equal('NoSuchUpload');
+  });
+
+  it('Complete errors: wrong ETag (InvalidPart), missing part, out of order (InvalidPartOrder), small part (EntityTooSmall)', async () => {
+    const key = 'bad-complete';
+    const id = await create(key);
+    const p1 = await part(key, id, 1, randomBytes(5 * MiB));
+    const p2 = await part(key, id, 2, randomBytes(100));
+    const p3 = await part(key, id, 3, randomBytes(100));
+
+    const wrong = await s3Fails(complete(key, id, [p1, { PartNumber: 2, ETag: `"${'0'.repeat(32)}"` }]));
+    expect(wrong.name).to.equal('InvalidPart');
+    expect(wrong.$metadata.httpStatusCode).to.equal(400);
+    expect((await s3Fails(complete(key, id, [p1, { PartNumber: 9, ETag: p2.ETag }]))).name).to.equal('InvalidPart');
+    expect((await s3Fails(complete(key, id, [p2, p1]))).name).to.equal('InvalidPartOrder');
+    expect((await s3Fails(complete(key, id, [p1, p1]))).name).to.equal('InvalidPartOrder');
+    const small = await s3Fails(complete(key, id, [p1, p2, p3]));
+    expect(small.name).to.equal('EntityTooSmall');
+    expect(t.store.head(key)).to.equal(undefined);
+
+    // None of the failures ended the upload: a correct list still completes it.
+    const ok = await complete(key, id, [p1, p3]);
+    expect(ok.ETag).to.match(/-2"$/);
+    expect(t.store.head(key)?.size).to.equal(5 * MiB + 100);
+  });
+
+  it('a part number outside 1..10000 is InvalidArgument', async () => {
+    const id = await create('numbers');
+    for (const n of [0, 10001]) {
+      const err = await s3Fails(t.client.send(new UploadPartCommand({ Bucket: 'bucket', Key: 'numbers', UploadId: id, PartNumber: n, Body: 'x' })));
+      expect(err.name, String(n)).to.equal('InvalidArgument');
+    }
+    await t.client.send(new AbortMultipartUploadCommand({ Bucket: 'bucket', Key: 'numbers', UploadId: id }));
+  });
+
+  it('UploadPartCopy, whole and with a range', async () => {
+    const source = randomBytes(6 * MiB);
+    await t.client.send(new PutObjectCommand({ Bucket: 'bucket', Key: 'copy/source', Body: source }));
+    const key = 'copy/target';
+    const id = await create(key);
+    const whole = await t.client.send(
+      new UploadPartCopyCommand({ Bucket: 'bucket', Key: key, UploadId: id, PartNumber: 1, CopySource: 'bucket/copy/source' }),
+    );
+    expect(whole.CopyPartResult?.ETag).to.equal(`"${md5(source)}"`);
+    expect(whole.CopyPartResult?.LastModified).to.be.instanceOf(Date);
+    const ranged = await t.client.send(
+      new UploadPartCopyCommand({
+        Bucket: 'bucket',
+        Key: key,
+        UploadId: id,
+        PartNumber: 2,
+        CopySource: '/bucket/copy/source',
+        CopySourceRange: 'bytes=100-1099',
+      }),
+    );
+    const slice = source.subarray(100, 1100);
+    expect(ranged.CopyPartResult?.ETag).to.equal(`"${md5(slice)}"`);
+    const badRange = await s3Fails(
+      t.client.send(
+        new UploadPartCopyCommand({ Bucket: 'bucket', Key: key, UploadId: id, PartNumber: 3, CopySource: 'bucket/copy/source', CopySourceRange: `bytes=0-${6 * MiB}` }),
+      ),
+    );
+    expect(badRange.name).to.equal('InvalidArgument');
+    const missing = await s3Fails(
+      t.client.send(new UploadPartCopyCommand({ Bucket: 'bucket', Key: key, UploadId: id, PartNumber: 3, CopySource: 'bucket/copy/nothing' })),
+    );
+    expect(missing.name).to.equal('NoSuchKey');
+    const done = await complete(key, id, [
+      { PartNumber: 1, ETag: whole.CopyPartResult!.ETag },
+      { PartNumber: 2, ETag: ranged.CopyPartResult!.ETag },
+    ]);
+    const expected = Buffer.concat([source, slice]);
+    expect(done.ETag).to.equal(multipartEtag(expected, [source.length, slice.length]));
+    const get = await t.client.send(new GetObjectCommand({ Bucket: 'bucket', Key: key }));
+    expect(md5(await bodyBytes(get.Body))).to.equal(md5(expected));
+  });
+
+  it('an upload interrupted by a restart leaves nothing behind', async () => {
+    const first = await startServer();
+    const id = (await first.client.send(new CreateMultipartUploadCommand({ Bucket: 'bucket', Key: 'interrupted' }))).UploadId!;
+    await first.client.send(new UploadPartCommand({ Bucket: 'bucket', Key: 'interrupted', UploadId: id, PartNumber: 1, Body: randomBytes(1000) }));
+    const uploadDir = path.join(first.dir, SCRATCH_DIR, 'uploads', id);
+    expect(await fs.readdir(uploadDir)).to.include('1');
+    await first.stop();
+
+    const second = await startServer({ dir: first.dir });
+    try {
+      const exists = await fs.stat(uploadDir).then(
+        () => true,
+        () => false,
+      );
+      expect(exists).to.equal(false);
+      const err = await s3Fails(second.client.send(new ListPartsCommand({ Bucket: 'bucket', Key: 'interrupted', UploadId: id })));
+      expect(err.name).to.equal('NoSuchUpload');
+      const uploads = await second.client.send(new ListMultipartUploadsCommand({ Bucket: 'bucket' }));
+      expect(uploads.Uploads ?? []).to.have.length(0);
+      expect(second.store.head('interrupted')).to.equal(undefined);
+    } finally {
+      await second.stop();
+    }
+  });
+});
