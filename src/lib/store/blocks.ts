@@ -15,6 +15,8 @@ export class OpenBlock {
   reserved = 0;
   writers = 0;
   complete = false;
+  /** The directory has been fsynced since this block's file was created. */
+  entrySynced = false;
   private handle: fs.FileHandle | undefined;
 
   constructor(
@@ -55,8 +57,6 @@ export interface Reservation {
 export class BlockWriter {
   private open: OpenBlock | undefined;
   private readonly live = new Set<OpenBlock>();
-  /** Set when a block file was created: the directory entry must be synced before a commit. */
-  directoryDirty = false;
 
   constructor(
     private readonly dir: string,
@@ -75,7 +75,6 @@ export class BlockWriter {
     if (!block || block.reserved + size > this.blockSize) {
       if (block) this.complete(block);
       block = new OpenBlock(this.nextId++, path.join(this.dir, blockFileName(this.nextId - 1)));
-      this.directoryDirty = true;
       this.open = block;
       this.live.add(block);
     }

@@ -600,11 +600,13 @@ export class Store {
     try {
       if (applied.length > 0) {
         if (this.durable) {
-          const blocks = new Set(applied.flatMap((op) => (op.reservation ? [op.reservation.block] : [])));
-          await Promise.all([...blocks].map((b) => b.datasync()));
-          if (this.writer!.directoryDirty) {
-            this.writer!.directoryDirty = false;
+          const blocks = [...new Set(applied.flatMap((op) => (op.reservation ? [op.reservation.block] : [])))];
+          // datasync also waits for the file to exist, so the directory sync below covers it.
+          await Promise.all(blocks.map((b) => b.datasync()));
+          const created = blocks.filter((b) => !b.entrySynced);
+          if (created.length > 0) {
             await syncDir(this.dir);
+            for (const b of created) b.entrySynced = true;
           }
         }
         const payloads = applied.map((op) => encodeHistoryRecord(op.record));
