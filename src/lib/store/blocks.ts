@@ -134,6 +134,7 @@ interface CachedHandle {
 /** Positional reads from block files, with a small cache of open handles. */
 export class BlockReader {
   private readonly handles = new Map<number, CachedHandle>();
+  private closedFlag = false;
 
   constructor(private readonly dir: string) {}
 
@@ -189,13 +190,20 @@ export class BlockReader {
     return readable;
   }
 
+  /** After close, reads fail: a handle opened then would never be closed. */
+  get closed(): boolean {
+    return this.closedFlag;
+  }
+
   async close(): Promise<void> {
+    this.closedFlag = true;
     const all = [...this.handles.values()];
     this.handles.clear();
     await Promise.all(all.map(async (e) => (await e.handle.catch(() => undefined))?.close()));
   }
 
   private acquire(block: number): CachedHandle {
+    if (this.closedFlag) throw new Error(`cannot read ${blockFileName(block)}: the store is closed`);
     let entry = this.handles.get(block);
     if (!entry) {
       entry = { handle: fs.open(path.join(this.dir, blockFileName(block)), 'r'), refs: 0 };

@@ -329,6 +329,7 @@ export class Store {
 
   /** Bytes [start, end] (inclusive) of an object, or all of it. */
   createReadStream(info: ObjectInfo, start = 0, end = info.size - 1): Readable {
+    this.assertReadable();
     const { entry } = info;
     const [from, length] = clampRange(entry.size, start, end);
     if (length === 0) return Readable.from([]);
@@ -337,6 +338,7 @@ export class Store {
 
   /** Bytes [start, end] (inclusive) of an object as one buffer: for small reads. */
   async read(info: ObjectInfo, start = 0, end = info.size - 1): Promise<Buffer> {
+    this.assertReadable();
     const [from, length] = clampRange(info.entry.size, start, end);
     return this.reader.read(info.entry.block, info.entry.offset + from, length);
   }
@@ -509,6 +511,10 @@ export class Store {
   private assertWritable(): void {
     if (this.readOnly) throw new StoreStateError(`${this.dir} is open read-only`);
     if (this.closed) throw new StoreStateError(`${this.dir} is closed`);
+  }
+
+  private assertReadable(): void {
+    if (this.reader.closed) throw new StoreStateError(`${this.dir} is closed`);
   }
 
   private doneInFlight(): void {
