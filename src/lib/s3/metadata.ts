@@ -44,11 +44,22 @@ export function userMetadataFrom(headers: IncomingHttpHeaders): Record<string, s
   return out;
 }
 
+/**
+ * Content-Encoding without `aws-chunked`, which names the framing of the upload (undone on the
+ * way in), not the encoding of the object; undefined when nothing else is left.
+ */
+function storedContentEncoding(value: string): string | undefined {
+  const codings = value.split(',').filter((c) => c.trim().toLowerCase() !== 'aws-chunked');
+  const rest = codings.join(',').trim();
+  return rest === '' ? undefined : rest;
+}
+
 /** The standard headers of a request that are stored with the object. */
 export function standardHeadersFrom(headers: IncomingHttpHeaders): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [lower, stored] of Object.entries(STANDARD_HEADERS)) {
-    const value = single(headers[lower]);
+    let value = single(headers[lower]);
+    if (value !== undefined && lower === 'content-encoding') value = storedContentEncoding(value);
     if (value !== undefined) out[stored] = value;
   }
   return out;
