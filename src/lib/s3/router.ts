@@ -64,6 +64,8 @@ export function route(ctx: RequestContext): Handler {
   const method = ctx.req.method ?? 'GET';
   const { query } = ctx;
   if (ctx.bucket === undefined) {
+    // `//bucket/key`: the bucket segment is empty; answering for the root would be wrong.
+    if (ctx.key !== undefined) throw s3Error('InvalidBucketName', 'The bucket name in the path is empty.', { BucketName: '' });
     if (method === 'GET') return listBuckets;
     throw s3Error('MethodNotAllowed');
   }
