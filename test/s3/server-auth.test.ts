@@ -188,6 +188,14 @@ describe('s3: authentication through the server', () => {
     expect(list.status).to.equal(200);
     expect(xmlField(list.body, 'Key')).to.equal(key);
 
+    // botocore signs a request for `/bucket` (ListObjects) over the resource `/bucket/`.
+    for (const signed of ['/bucket/', '/bucket']) {
+      const bare = await rawRequest(t.port, { path: '/bucket?prefix=s3ql_&encoding-type=url', headers: v2Headers('GET', signed, {}) });
+      expect(bare.status, signed).to.equal(200);
+    }
+    const wrongBucket = await rawRequest(t.port, { path: '/bucket?prefix=s3ql_', headers: v2Headers('GET', '/other/', {}) });
+    expect(xmlField(wrongBucket.body, 'Code')).to.equal('SignatureDoesNotMatch');
+
     const bad = await rawRequest(t.port, { path: resource, headers: v2Headers('GET', resource, {}, 'not-the-secret') });
     expect(bad.status).to.equal(403);
     expect(xmlField(bad.body, 'Code')).to.equal('SignatureDoesNotMatch');

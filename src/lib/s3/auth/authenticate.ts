@@ -167,16 +167,23 @@ interface RequestParts {
 // ---------------------------------------------------------------------------------------------
 // V2
 
-/** Paths a V2 signature may have been computed over: as received, then AWS-encoded if different. */
-function v2PathCandidates(rawPath: string): string[] {
+/**
+ * Paths a V2 signature may have been computed over: as received, then AWS-encoded if different.
+ * A path-style request for the bucket itself (`/bucket`) is also tried as `/bucket/`, the
+ * resource S3 names for a bucket and what botocore signs for ListObjects.
+ */
+function v2PathCandidates(rawPath: string, pathStyle: boolean): string[] {
+  const candidates = [rawPath];
   const normalised = canonicalUri(rawPath);
-  return normalised === rawPath ? [rawPath] : [rawPath, normalised];
+  if (normalised !== rawPath) candidates.push(normalised);
+  if (pathStyle && /^\/[^/]+$/.test(rawPath)) candidates.push(`${rawPath}/`);
+  return candidates;
 }
 
 function verifyV2(parts: RequestParts, secretKey: string, accessKey: string, provided: string, opts: AuthOptions, expires?: string): void {
   const pathPrefix = opts.virtualHostBucket ? '/' + opts.virtualHostBucket : '';
   let first: string | undefined;
-  for (const path of v2PathCandidates(parts.rawPath)) {
+  for (const path of v2PathCandidates(parts.rawPath, pathPrefix === '')) {
     const sts = stringToSignV2({ method: parts.method, rawPath: path, rawQuery: parts.rawQuery, headers: parts.headers, expires, pathPrefix });
     first ??= sts;
     if (signaturesEqual(signV2(secretKey, sts), provided)) return;
