@@ -150,13 +150,13 @@ describe('s3: multipart uploads (AWS SDK)', () => {
     await part(key, id, 1, randomBytes(100));
     const abort = await t.client.send(new AbortMultipartUploadCommand({ Bucket: 'bucket', Key: key, UploadId: id }));
     expect(abort.$metadata.httpStatusCode).to.equal(204);
-    for (const promise of [
-      t.client.send(new UploadPartCommand({ Bucket: 'bucket', Key: key, UploadId: id, PartNumber: 2, Body: 'x' })),
-      t.client.send(new ListPartsCommand({ Bucket: 'bucket', Key: key, UploadId: id })),
-      complete(key, id, [{ PartNumber: 1, ETag: '"00"' }]),
-      t.client.send(new AbortMultipartUploadCommand({ Bucket: 'bucket', Key: key, UploadId: id })),
+    for (const request of [
+      () => t.client.send(new UploadPartCommand({ Bucket: 'bucket', Key: key, UploadId: id, PartNumber: 2, Body: 'x' })),
+      () => t.client.send(new ListPartsCommand({ Bucket: 'bucket', Key: key, UploadId: id })),
+      () => complete(key, id, [{ PartNumber: 1, ETag: '"00"' }]),
+      () => t.client.send(new AbortMultipartUploadCommand({ Bucket: 'bucket', Key: key, UploadId: id })),
     ]) {
-      const err = await s3Fails(promise);
+      const err = await s3Fails(request());
       expect(err.name).to.equal('NoSuchUpload');
       expect(err.$metadata.httpStatusCode).to.equal(404);
     }
@@ -240,6 +240,42 @@ describe('s3: multipart uploads (AWS SDK)', () => {
     expect(done.ETag).to.equal(multipartEtag(expected, [source.length, slice.length]));
     const get = await t.client.send(new GetObjectCommand({ Bucket: 'bucket', Key: key }));
     expect(md5(await bodyBytes(get.Body))).to.equal(md5(expected));
+  });
+
+  it('ListMultipartUploads pages with key-marker/upload-id-marker and rolls up with a delimiter', async () => {
+    const ids: Array<[string, string]> = [];
+    for (const key of ['page/a', 'page/b', 'page/b', 'page/c/1', 'page/c/2', 'page/d']) ids.push([key, await create(key)]);
+    try {
+      const walked: Array<[string, string]> = [];
+      let keyMarker: string | undefined;
+      let idMarker: string | undefined;
+      let pages = 0;
+      for (;;) {
+        const page = await t.client.send(
+          new ListMultipartUploadsCommand({ Bucket: 'bucket', Prefix: 'page/', MaxUploads: 2, KeyMarker: keyMarker, UploadIdMarker: idMarker }),
+        );
+        pages++;
+        walked.push(...page.Uploads!.map((u): [string, string] => [u.Key!, u.UploadId!]));
+        expect(page.Uploads!.length).to.be.at.most(2);
+        if (!page.IsTruncated) break;
+        const last = page.Uploads![page.Uploads!.length - 1]!;
+        expect([page.NextKeyMarker, page.NextUploadIdMarker]).to.deep.equal([last.Key, last.UploadId]);
+        keyMarker = page.NextKeyMarker;
+        idMarker = page.NextUploadIdMarker;
+      }
+      expect(pages).to.equal(3);
+      expect(walked).to.deep.equal(ids); // two uploads of page/b, in the order they began
+
+      const rolled = await t.client.send(new ListMultipartUploadsCommand({ Bucket: 'bucket', Prefix: 'page/', Delimiter: '/' }));
+      expect(rolled.Uploads!.map((u) => u.Key)).to.deep.equal(['page/a', 'page/b', 'page/b', 'page/d']);
+      expect(rolled.CommonPrefixes!.map((p) => p.Prefix)).to.deep.equal(['page/c/']);
+      const afterB = await t.client.send(new ListMultipartUploadsCommand({ Bucket: 'bucket', Prefix: 'page/', KeyMarker: 'page/b' }));
+      expect(afterB.Uploads!.map((u) => u.Key)).to.deep.equal(['page/c/1', 'page/c/2', 'page/d']);
+      const bad = await s3Fails(t.client.send(new ListMultipartUploadsCommand({ Bucket: 'bucket', MaxUploads: -1 })));
+      expect(bad.name).to.equal('InvalidArgument');
+    } finally {
+      for (const [key, id] of ids) await t.client.send(new AbortMultipartUploadCommand({ Bucket: 'bucket', Key: key, UploadId: id }));
+    }
   });
 
   it('an upload interrupted by a restart leaves nothing behind', async () => {

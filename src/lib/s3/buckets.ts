@@ -15,7 +15,7 @@ const OWNER = { ID: 'zipkv', DisplayName: 'zipkv' };
 const BUCKET_CREATED = new Date(0).toISOString();
 
 /** encoding-type=url: keys are URL-encoded as S3 does (everything but unreserved and '/'). */
-function urlEncodeKey(key: string): string {
+export function urlEncodeKey(key: string): string {
   return encodeURIComponent(key).replace(/%2F/g, '/').replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
 }
 

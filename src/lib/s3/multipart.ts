@@ -1,6 +1,6 @@
 /**
- * Multipart upload operations: Create, UploadPart, UploadPartCopy, Complete, Abort, ListParts,
- * ListMultipartUploads. Parts are kept by the store's MultipartUploads until completion.
+ * Multipart upload operations: Create, UploadPart, UploadPartCopy, Complete, Abort (the listings
+ * are in multipart-list.ts). Parts are kept by the store's MultipartUploads until completion.
  */
 import { Readable } from 'node:stream';
 import { UploadError } from '../store/uploads.js';
@@ -17,7 +17,7 @@ import { parseXml, xmlDocument, xmlText } from './xml.js';
 const MAX_COMPLETE_BODY = 2 * 1024 * 1024;
 
 /** Upload errors carry S3's code; everything else passes through. */
-async function withUploadErrors<T>(work: () => Promise<T>): Promise<T> {
+export async function withUploadErrors<T>(work: () => Promise<T>): Promise<T> {
   try {
     return await work();
   } catch (err) {
@@ -26,7 +26,7 @@ async function withUploadErrors<T>(work: () => Promise<T>): Promise<T> {
   }
 }
 
-function uploadId(ctx: RequestContext): string {
+export function uploadId(ctx: RequestContext): string {
   return ctx.query.get('uploadId') ?? '';
 }
 
@@ -115,47 +115,4 @@ export async function completeMultipartUpload(ctx: RequestContext): Promise<void
 export async function abortMultipartUpload(ctx: RequestContext): Promise<void> {
   await withUploadErrors(() => ctx.uploads.abort(uploadId(ctx), ctx.key!));
   sendEmpty(ctx, 204);
-}
-
-export async function listParts(ctx: RequestContext): Promise<void> {
-  const id = uploadId(ctx);
-  const upload = await withUploadErrors(async () => ctx.uploads.get(id, ctx.key!));
-  const marker = Number(ctx.query.get('part-number-marker') ?? '0') || 0;
-  const maxParts = Math.min(Number(ctx.query.get('max-parts') ?? '1000') || 1000, 1000);
-  const parts = [...upload.parts.values()].filter((p) => p.number > marker).sort((a, b) => a.number - b.number);
-  const page = parts.slice(0, maxParts);
-  const truncated = parts.length > page.length;
-  sendXml(
-    ctx,
-    200,
-    xmlDocument('ListPartsResult', {
-      Bucket: ctx.config.bucket,
-      Key: upload.key,
-      UploadId: upload.id,
-      PartNumberMarker: marker,
-      NextPartNumberMarker: page.length > 0 ? page[page.length - 1]!.number : undefined,
-      MaxParts: maxParts,
-      IsTruncated: truncated,
-      StorageClass: 'STANDARD',
-      Part: page.map((p) => ({ PartNumber: p.number, LastModified: p.lastModified.toISOString(), ETag: quoteEtag(p.etag), Size: p.size })),
-    }),
-  );
-}
-
-export function listMultipartUploads(ctx: RequestContext): void {
-  const prefix = ctx.query.get('prefix') ?? '';
-  const uploads = ctx.uploads.list().filter((u) => u.key.startsWith(prefix)).slice(0, 1000);
-  sendXml(
-    ctx,
-    200,
-    xmlDocument('ListMultipartUploadsResult', {
-      Bucket: ctx.config.bucket,
-      KeyMarker: '',
-      UploadIdMarker: '',
-      Prefix: prefix,
-      MaxUploads: 1000,
-      IsTruncated: false,
-      Upload: uploads.map((u) => ({ Key: u.key, UploadId: u.id, Initiated: u.initiated.toISOString(), StorageClass: 'STANDARD' })),
-    }),
-  );
 }

@@ -6,14 +6,8 @@ import type { RequestContext } from './context.js';
 import { s3Error } from './errors.js';
 import { createBucket, getBucketLocation, headBucket, listBuckets, listObjects } from './buckets.js';
 import { deleteObjects } from './delete-objects.js';
-import {
-  abortMultipartUpload,
-  completeMultipartUpload,
-  createMultipartUpload,
-  listMultipartUploads,
-  listParts,
-  uploadPart,
-} from './multipart.js';
+import { abortMultipartUpload, completeMultipartUpload, createMultipartUpload, uploadPart } from './multipart.js';
+import { listMultipartUploads, listParts } from './multipart-list.js';
 import { deleteObject, getObject, putObject } from './objects.js';
 
 export type Handler = (ctx: RequestContext) => Promise<void> | void;
