@@ -24,6 +24,9 @@ Objects are packed into block files of at most the block size; every acknowledge
     'no-fsync': Flags.boolean({ description: 'do not fsync before replying (fast, NOT durable: for benchmarks and throwaway data)', default: false }),
     'idle-timeout': Flags.integer({ description: 'seconds a connection may stay idle (no bytes either way) before it is closed', default: 60, min: 1 }),
     quiet: Flags.boolean({ char: 'q', description: 'no log line per request', default: false }),
+    // For fault-injection tests only: checkpoints every few KB of journal instead of every 8 MiB,
+    // so that a kill is likely to land in the middle of one. Not for production use.
+    'checkpoint-bytes': Flags.integer({ description: 'testing only: journal size that triggers a db checkpoint', min: 1, hidden: true }),
   };
 
   async run(): Promise<void> {
@@ -40,6 +43,7 @@ Objects are packed into block files of at most the block size; every acknowledge
         quiet: flags.quiet,
         credentials: accessKey && secretKey ? { accessKey, secretKey } : undefined,
         idleTimeoutMs: flags['idle-timeout'] * 1000,
+        checkpointBytes: flags['checkpoint-bytes'],
         out: (line) => process.stdout.write(`${line}\n`),
         warn: (line) => process.stderr.write(`${line}\n`),
       });

@@ -13,6 +13,8 @@ export interface ServeOptions {
   quiet: boolean;
   credentials?: Credentials;
   idleTimeoutMs: number;
+  /** Testing only (hidden flag --checkpoint-bytes): journal size that triggers a checkpoint. */
+  checkpointBytes?: number;
   /** Where the start-up line, request lines and the summary go. */
   out: (line: string) => void;
   warn: (line: string) => void;
@@ -37,7 +39,33 @@ function mib(bytes: number): string {
 /** Serves until a signal; resolves with the summary once the store is closed. */
 export async function serve(opts: ServeOptions): Promise<void> {
   const { host, port } = parseAddr(opts.addr);
-  const store = await openStore(opts.dir, { blockSize: opts.blockSize, fsync: opts.fsync, warn: opts.warn });
+  // The handlers go in before anything else: a signal that arrives while the store opens, or
+  // just after the start-up line, must still end in a clean shutdown, not the default kill.
+  let removeHandlers = () => {};
+  const stopped = new Promise<string>((resolve) => {
+    const stop = (signal: string) => {
+      removeHandlers();
+      resolve(signal);
+    };
+    removeHandlers = () => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+  let store;
+  try {
+    store = await openStore(opts.dir, {
+      blockSize: opts.blockSize,
+      fsync: opts.fsync,
+      warn: opts.warn,
+      checkpointBytes: opts.checkpointBytes,
+    });
+  } catch (err) {
+    removeHandlers();
+    throw err;
+  }
   const server = new S3Server(store, {
     host,
     port,
@@ -50,6 +78,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
   try {
     address = await server.listen();
   } catch (err) {
+    removeHandlers();
     await store.close();
     throw err;
   }
@@ -67,16 +96,8 @@ export async function serve(opts: ServeOptions): Promise<void> {
         'anyone who can reach it can read, overwrite and delete every object. Set --access-key and --secret-key.',
     );
   }
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string) => {
-      process.off('SIGINT', stop);
-      process.off('SIGTERM', stop);
-      opts.out(`zipkv: ${signal}: finishing requests in flight, then closing the store`);
-      resolve();
-    };
-    process.on('SIGINT', stop);
-    process.on('SIGTERM', stop);
-  });
+  const signal = await stopped;
+  opts.out(`zipkv: ${signal}: finishing requests in flight, then closing the store`);
   await server.close();
   await store.close();
   const { requests, errors, bytesIn, bytesOut } = server.counters;
