@@ -267,6 +267,16 @@ describe('s3: listing (AWS SDK and raw)', () => {
     expect(xmlField(bad.body, 'Code')).to.equal('InvalidArgument');
   });
 
+  it("a '+' in the query is a plus, not a space (raw)", async () => {
+    await Promise.all(['plus/a+b', 'plus/a b'].map((k) => t.store.put(k, Buffer.from(k))));
+    const plus = await rawRequest(t.port, { path: '/bucket?prefix=plus/a+' });
+    expect([...plus.body.toString().matchAll(/<Key>([^<]*)<\/Key>/g)].map((m) => m[1])).to.deep.equal(['plus/a+b']);
+    const space = await rawRequest(t.port, { path: '/bucket?prefix=plus/a%20' });
+    expect([...space.body.toString().matchAll(/<Key>([^<]*)<\/Key>/g)].map((m) => m[1])).to.deep.equal(['plus/a b']);
+    const marker = await rawRequest(t.port, { path: '/bucket?prefix=plus/&marker=plus/a+b' });
+    expect(marker.body.toString()).to.not.contain('<Key>');
+  });
+
   it('both /bucket and /bucket/ list (raw)', async () => {
     for (const path of ['/bucket?prefix=d%2F', '/bucket/?prefix=d%2F', '/bucket?list-type=2&prefix=d/', '/bucket/?list-type=2&prefix=d/']) {
       const res = await rawRequest(t.port, { path });

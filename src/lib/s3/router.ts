@@ -35,7 +35,8 @@ export function parseTarget(url: string): ParsedTarget {
   if (!target.startsWith('/')) throw s3Error('InvalidRequest', 'The request target is not a path.');
   const q = target.indexOf('?');
   const rawPath = q >= 0 ? target.slice(0, q) : target;
-  const query = new URLSearchParams(q >= 0 ? target.slice(q + 1) : '');
+  // '+' is a literal plus, as for S3 and for the signature check (authenticate.ts), not a space.
+  const query = new URLSearchParams(q >= 0 ? target.slice(q + 1).replace(/\+/g, '%2B') : '');
   const slash = rawPath.indexOf('/', 1);
   const rawBucket = slash < 0 ? rawPath.slice(1) : rawPath.slice(1, slash);
   const rawKey = slash < 0 ? '' : rawPath.slice(slash + 1);
