@@ -89,6 +89,11 @@ export function route(ctx: RequestContext): Handler {
         throw s3Error('MethodNotAllowed');
     }
   }
+  // Objects have no versions but the current one, which S3 calls "null".
+  const versionId = query.get('versionId');
+  if (versionId !== null && versionId !== 'null') {
+    throw s3Error('InvalidArgument', 'Invalid version id specified', { ArgumentName: 'versionId', ArgumentValue: versionId });
+  }
   const inUpload = query.has('uploadId');
   switch (method) {
     case 'GET':
