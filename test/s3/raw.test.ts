@@ -272,6 +272,36 @@ describe('s3: raw HTTP (what SDKs do not send)', () => {
     expect((await t.store.read(t.store.head('sub')!)).toString()).to.equal('x');
   });
 
+  it('versionId other than "null" is refused: there is only the current version', async () => {
+    await t.store.put('versioned', Buffer.from('current'));
+    for (const method of ['GET', 'HEAD', 'DELETE', 'PUT']) {
+      const res = await rawRequest(t.port, { method, path: '/bucket/versioned?versionId=3HL4kqtJlcpXroDTDmJ%2BrmSpXd3dIbrHY', body: method === 'PUT' ? 'other' : undefined });
+      expect(res.status, method).to.equal(400);
+      if (method !== 'HEAD') expect(xmlField(res.body, 'Code'), method).to.equal('InvalidArgument');
+    }
+    expect((await t.store.read(t.store.head('versioned')!)).toString()).to.equal('current');
+    const nullVersion = await rawRequest(t.port, { path: '/bucket/versioned?versionId=null' });
+    expect(nullVersion.body.toString()).to.equal('current');
+  });
+
+  it('GET ?partNumber: part 1 is the whole object, other parts are InvalidPartNumber', async () => {
+    const body = randomBytes(3000);
+    await t.store.put('parts', body);
+    const one = await rawRequest(t.port, { path: '/bucket/parts?partNumber=1' });
+    expect(one.status).to.equal(200);
+    expect(one.body.equals(body)).to.equal(true);
+    expect(one.headers['x-amz-mp-parts-count']).to.equal(undefined);
+    const two = await rawRequest(t.port, { path: '/bucket/parts?partNumber=2' });
+    expect(two.status).to.equal(416);
+    expect(xmlField(two.body, 'Code')).to.equal('InvalidPartNumber');
+    const head = await rawRequest(t.port, { method: 'HEAD', path: '/bucket/parts?partNumber=2' });
+    expect(head.status).to.equal(416);
+    const zero = await rawRequest(t.port, { path: '/bucket/parts?partNumber=0' });
+    expect(xmlField(zero.body, 'Code')).to.equal('InvalidArgument');
+    const both = await rawRequest(t.port, { path: '/bucket/parts?partNumber=1', headers: { Range: 'bytes=0-1' } });
+    expect(both.status).to.equal(400);
+  });
+
   it('PATCH and other unknown methods are MethodNotAllowed (405)', async () => {
     for (const [method, p] of [
       ['PATCH', '/bucket/sub'],

@@ -29,9 +29,25 @@ export function objectOrThrow(ctx: RequestContext, key: string): ObjectInfo {
   return info;
 }
 
+/**
+ * GET/HEAD ?partNumber=N. Part boundaries are not kept once an upload completes, so every object
+ * is answered as one part: part 1 is the whole object (without x-amz-mp-parts-count, which tells
+ * clients that download by parts that there is just the one) and any other part is refused.
+ */
+function checkPartNumber(ctx: RequestContext): void {
+  const value = ctx.query.get('partNumber');
+  if (value === null) return;
+  if (!/^\d{1,5}$/.test(value) || Number(value) < 1 || Number(value) > 10000) {
+    throw s3Error('InvalidArgument', 'Part number must be an integer between 1 and 10000, inclusive', { ArgumentName: 'partNumber', ArgumentValue: value });
+  }
+  if (header(ctx, 'range') !== undefined) throw s3Error('InvalidRequest', 'Cannot specify both Range header and partNumber query parameter');
+  if (Number(value) !== 1) throw s3Error('InvalidPartNumber', undefined, { PartNumberRequested: value, ActualPartCount: '1' });
+}
+
 export async function getObject(ctx: RequestContext, headOnly: boolean): Promise<void> {
   const key = ctx.key!;
   const info = objectOrThrow(ctx, key);
+  checkPartNumber(ctx);
   const etag = await ctx.store.etagOf(info);
   const validators: OutgoingHttpHeaders = {
     ETag: quoteEtag(etag),
