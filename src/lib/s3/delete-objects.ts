@@ -26,20 +26,21 @@ export async function deleteObjects(ctx: RequestContext): Promise<void> {
     return key;
   });
   const quiet = xmlText(root.Quiet)?.trim().toLowerCase() === 'true';
-  const deleted: XmlNode[] = [];
-  const errors: XmlNode[] = [];
-  // Deletes of different keys run together and share the group commit.
-  await Promise.all(
-    keys.map(async (key) => {
+  // Deletes of different keys run together and share the group commit; the reply lists the
+  // keys in the order of the request.
+  const outcomes = await Promise.all(
+    keys.map(async (key): Promise<{ deleted?: XmlNode; error?: XmlNode }> => {
       try {
         if (Buffer.byteLength(key) > MAX_KEY_BYTES || key === '') throw s3Error('KeyTooLongError');
         await ctx.store.delete(key);
-        if (!quiet) deleted.push({ Key: key });
+        return { deleted: { Key: key } };
       } catch (err) {
         const e = toS3Error(err);
-        errors.push({ Key: key, Code: e.code, Message: e.message });
+        return { error: { Key: key, Code: e.code, Message: e.message } };
       }
     }),
   );
+  const deleted = quiet ? [] : outcomes.flatMap((o) => (o.deleted ? [o.deleted] : []));
+  const errors = outcomes.flatMap((o) => (o.error ? [o.error] : []));
   sendXml(ctx, 200, xmlDocument('DeleteResult', { Deleted: deleted, Error: errors }));
 }
