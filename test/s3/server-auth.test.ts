@@ -11,7 +11,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { expect } from 'chai';
-import { rawRequest, xmlField } from '../helpers/http.js';
+import { rawExchange, rawRequest, statusOf, xmlField } from '../helpers/http.js';
 import { TEST_CREDENTIALS, bodyBytes, clientFor, startServer, type TestServer } from '../helpers/server.js';
 
 const md5 = (b: Uint8Array | string) => createHash('md5').update(b).digest('hex');
@@ -207,6 +207,20 @@ describe('s3: authentication through the server', () => {
     const refused = await rawRequest(t.port, { method: 'PUT', path: '/bucket/tampered', headers: tampered, body });
     expect(xmlField(refused.body, 'Code')).to.equal('SignatureDoesNotMatch');
     expect(t.store.head('tampered')).to.equal(undefined);
+  });
+
+  it('a refused upload with Expect: 100-continue gets its error instead of "100 Continue"', async () => {
+    const resource = '/bucket/expect-denied';
+    const headers = v2Headers('PUT', resource, { 'Content-Type': 'application/octet-stream' }, 'wrong');
+    const lines = Object.entries({ ...headers, Host: '127.0.0.1', 'Content-Length': '1000', Expect: '100-continue' }).map(([k, v]) => `${k}: ${v}`);
+    const reply = await rawExchange(t.port, `PUT ${resource} HTTP/1.1\r\n${lines.join('\r\n')}\r\n\r\n`, { idleMs: 300 });
+    expect(reply).to.not.contain('100 Continue');
+    expect(statusOf(reply)).to.equal(403);
+    expect(xmlField(reply, 'Code')).to.equal('SignatureDoesNotMatch');
+    const unsigned = await rawExchange(t.port, `PUT ${resource} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n`, { idleMs: 300 });
+    expect(statusOf(unsigned)).to.equal(403);
+    expect(unsigned).to.not.contain('100 Continue');
+    expect(t.store.head('expect-denied')).to.equal(undefined);
   });
 
   it('a presigned GET URL works until it expires; a forged one never does', async () => {
