@@ -224,3 +224,78 @@ function decodeLocation(buf: Uint8Array, start: number, end: number): Location {
   }
   return location;
 }
+
+/** Where one encoded HistoryRecord lies inside a Db message. */
+export interface RecordSpan {
+  start: number;
+  end: number;
+}
+
+/**
+ * The history entries of a Db message one at a time, as spans of `buf`, without decoding them:
+ * streaming readers decode each with `decodeRawRecord`, and rebase copies them verbatim.
+ * Errors are reported as by `scanDb`.
+ */
+export function* dbRecordSpans(buf: Uint8Array, where: string): Generator<RecordSpan> {
+  const reader = protobuf.Reader.create(buf);
+  let rev = 0;
+  for (;;) {
+    let span: RecordSpan | undefined;
+    try {
+      while (reader.pos < reader.len && !span) {
+        const tag = reader.uint32();
+        if (tag >>> 3 === 3 && (tag & 7) === WIRE_LEN) {
+          const len = reader.uint32();
+          const start = reader.pos;
+          if (start + len > reader.len) throw new RangeError('record runs past the end');
+          reader.pos = start + len;
+          span = { start, end: start + len };
+        } else {
+          reader.skipType(tag & 7);
+        }
+      }
+    } catch (err) {
+      throw new StoreCorruptError(`${where}: cannot decode the history after revision ${rev - 1}: ${(err as Error).message}`);
+    }
+    if (!span) return;
+    yield span;
+    rev++;
+  }
+}
+
+/** The kind and raw key of one HistoryRecord in buf[start, end), leaving its Location undecoded. */
+export function decodeRecordKey(
+  buf: Uint8Array,
+  start: number,
+  end: number,
+  where: string,
+  rev: number,
+): { kind: 'put' | 'delete'; rawKey: string } {
+  const reader = protobuf.Reader.create(buf);
+  reader.pos = start;
+  reader.len = end;
+  let result: { kind: 'put' | 'delete'; rawKey: string } | undefined;
+  while (reader.pos < end) {
+    const tag = reader.uint32();
+    const field = tag >>> 3;
+    if ((field === 1 || field === 2) && (tag & 7) === WIRE_LEN) {
+      const subEnd = reader.uint32() + reader.pos;
+      if (subEnd > end) throw new StoreCorruptError(`${where}: revision ${rev} runs past its record`);
+      let rawKey = '';
+      while (reader.pos < subEnd) {
+        const subTag = reader.uint32();
+        if (subTag >>> 3 === 1 && (subTag & 7) === WIRE_LEN) {
+          const len = reader.uint32();
+          if (reader.pos + len > subEnd) throw new StoreCorruptError(`${where}: revision ${rev} has a key running past its record`);
+          rawKey = latin1(buf, reader.pos, reader.pos + len);
+          reader.pos += len;
+        } else reader.skipType(subTag & 7);
+      }
+      result = { kind: field === 1 ? 'put' : 'delete', rawKey };
+    } else {
+      reader.skipType(tag & 7);
+    }
+  }
+  if (!result) throw new StoreCorruptError(`${where}: revision ${rev} is neither a put nor a delete`);
+  return result;
+}
