@@ -287,7 +287,7 @@ export async function rebaseInto(src: string, dst: string, opts: RebaseIntoOptio
     throw new RevisionOutOfRangeError(src, revision, snapshot.total);
   }
   const created = await prepareDestination(dst);
-  const source = await openSourceAt(src, revision);
+  const source = await openSourceAt(src, revision, liveAt(snapshot, revision));
   let ok = false;
   try {
     const copied = await copyLiveObjects(source, dst, opts);
@@ -335,11 +335,29 @@ async function exists(file: string): Promise<boolean> {
   );
 }
 
-/** The source, read-only, at `revision`; retried if a running server checkpoints meanwhile. */
-async function openSourceAt(src: string, revision: number): Promise<Store> {
+/** Objects and bytes live after `revision` (inclusive), as the snapshot has them. */
+function liveAt(snapshot: StoreSnapshot, revision: number): { objects: number; bytes: number } {
+  const sizes = new Map<string, number>();
+  for (const { rev, record } of snapshotRecords(snapshot)) {
+    if (rev > revision) break;
+    if (record.kind === 'put') sizes.set(record.rawKey, record.location.size);
+    else sizes.delete(record.rawKey);
+  }
+  let bytes = 0;
+  for (const size of sizes.values()) bytes += size;
+  return { objects: sizes.size, bytes };
+}
+
+/**
+ * The source, read-only, at `revision`. Opening it reads db and journal again; a running server
+ * may checkpoint in between, so the state opened is compared with the snapshot's, and the open
+ * retried when they differ.
+ */
+async function openSourceAt(src: string, revision: number, expected: { objects: number; bytes: number }): Promise<Store> {
   for (let attempt = 0; attempt < 5; attempt++) {
     const store = await openStore(src, revision < 0 ? { readOnly: true } : { revision });
-    if (store.revision === revision + 1) return store;
+    const { liveObjects, liveBytes } = store.stats();
+    if (store.revision === revision + 1 && liveObjects === expected.objects && liveBytes === expected.bytes) return store;
     await store.close();
   }
   throw new StoreCorruptError(`${src} kept changing while being opened at revision ${revision}; try again`);
