@@ -1,0 +1,425 @@
+/** Printing the results (cli-table3), and writing them as JSON, Markdown and an SVG chart. */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import Table from 'cli-table3';
+import type { LoadResult } from './client.js';
+import type { EngineResults } from './engine-figures.js';
+import { SERVER_LABELS, type ServerKind } from './servers.js';
+import type { Cell } from './workloads.js';
+
+export interface ServerCell {
+  kind: ServerKind;
+  /** Every measured run, in the order run. */
+  runs: LoadResult[];
+  /** The run with the most ops/s (see docs/benchmarks.md: interference only ever slows a run). */
+  best: LoadResult;
+}
+
+export interface CellResult {
+  cell: Cell;
+  servers: ServerCell[];
+  /** 1-minute load average when the cell started. */
+  load1: number;
+  /** Printed under the workload's table. */
+  note?: string;
+}
+
+export interface Meta {
+  date: string;
+  command: string;
+  flags: string[];
+  quick: boolean;
+  node: string;
+  platform: string;
+  cpu: string;
+  cores: number;
+  memoryGiB: number;
+  /** os.loadavg() when the run started and when it ended. */
+  loadStart: number[];
+  loadEnd: number[];
+  commit: string | undefined;
+  windowMs: number;
+  warmupMs: number;
+  reps: number;
+  listKeys: number;
+  s3rverListKeys: number;
+  engineRecords: number;
+  writeAmpPuts: number;
+  seconds?: number;
+}
+
+export interface Target {
+  name: string;
+  goal: string;
+  measured: string;
+  /** undefined when the figure is missing (skipped, failed, not run). */
+  met: boolean | undefined;
+}
+
+export interface BenchResults {
+  meta: Meta;
+  cells: CellResult[];
+  engine?: EngineResults;
+  engineError?: string;
+  targets: Target[];
+  /** Problems met on the way (a group that failed to start, say). */
+  notes: string[];
+}
+
+// ------------------------------------------------------------------ figures
+
+function result(c: CellResult, kind: ServerKind): LoadResult | undefined {
+  return c.servers.find((s) => s.kind === kind)?.best;
+}
+
+export function ratio(c: CellResult, a: ServerKind, b: ServerKind): number | undefined {
+  const x = result(c, a);
+  const y = result(c, b);
+  if (!x || !y || y.opsPerSec === 0) return undefined;
+  return x.opsPerSec / y.opsPerSec;
+}
+
+function fmtOps(v: number): string {
+  if (v >= 100) return Math.round(v).toLocaleString('en-US');
+  if (v >= 10) return v.toFixed(1);
+  return v.toFixed(2);
+}
+
+function fmtMs(v: number): string {
+  if (!Number.isFinite(v)) return '-';
+  if (v >= 100) return v.toFixed(0);
+  if (v >= 10) return v.toFixed(1);
+  return v.toFixed(2);
+}
+
+function fmtMb(v: number): string {
+  if (v === 0) return '-';
+  return v >= 100 ? v.toFixed(0) : v.toFixed(1);
+}
+
+function fmtRatio(v: number | undefined): string {
+  return v === undefined ? '-' : `${v.toFixed(2)}x`;
+}
+
+function fmtBytes(n: number): string {
+  if (n >= 1e9) return `${(n / 1e9).toFixed(2)} GB`;
+  if (n >= 1e6) return `${(n / 1e6).toFixed(1)} MB`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(1)} kB`;
+  return `${n} B`;
+}
+
+function errorsOf(s: ServerCell): number {
+  return s.runs.reduce((a, r) => a + r.errors, 0);
+}
+
+// ------------------------------------------------------------------ targets
+
+export function computeTargets(cells: CellResult[], engine: EngineResults | undefined, meta: Meta): Target[] {
+  const byId = new Map(cells.map((c) => [c.cell.id, c]));
+  const targets: Target[] = [];
+  const vs = (id: string, other: ServerKind, goal: number, name: string, goalText: string) => {
+    const c = byId.get(id);
+    const r = c && ratio(c, 'zipkv', other);
+    const nofsync = c && ratio(c, 'zipkv-nofsync', other);
+    targets.push({
+      name,
+      goal: goalText,
+      measured:
+        r === undefined
+          ? 'not run'
+          : `${fmtRatio(r)} (${fmtOps(result(c!, 'zipkv')!.opsPerSec)} vs ${fmtOps(result(c!, other)!.opsPerSec)} ops/s; --no-fsync ${fmtRatio(nofsync)})`,
+      met: r === undefined ? undefined : r >= goal,
+    });
+  };
+  vs('put-4k-c16', 's3rver', 3, 'Durable 4 KiB PUT, concurrency 16, vs s3rver', '>= 3x');
+  vs('get-4k-c16', 's3rver', 2, '4 KiB GET, concurrency 16, vs s3rver', '>= 2x');
+  for (const op of ['put', 'get']) {
+    for (const size of ['1m', '4m']) {
+      for (const conc of [1, 16]) {
+        const id = `${op}-${size}-c${conc}`;
+        vs(id, 'ceiling', 0.7, `${op.toUpperCase()} ${size === '1m' ? '1 MiB' : '4 MiB'}, concurrency ${conc}, vs ceiling`, '>= 0.70x');
+      }
+    }
+  }
+  const records = `${(meta.engineRecords / 1e6).toLocaleString('en-US')}M`;
+  targets.push({
+    name: `Open a store of ${records} history records`,
+    goal: '< 2 s',
+    measured: engine ? `${(engine.openMs / 1000).toFixed(2)} s` : 'not run',
+    met: engine ? engine.openMs < 2000 : undefined,
+  });
+  targets.push({
+    name: `RSS per live key (${records} keys)`,
+    goal: '< 200 B',
+    measured: engine ? `${engine.rssPerKey.toFixed(0)} B (heap ${engine.heapPerKey.toFixed(0)} B)` : 'not run',
+    met: engine ? engine.rssPerKey < 200 : undefined,
+  });
+  const list = byId.get('list-c1');
+  const listMs = list && result(list, 'zipkv')?.p50Ms;
+  targets.push({
+    name: `LIST page of 1000 from ${meta.listKeys.toLocaleString('en-US')} keys (p50, concurrency 1)`,
+    goal: '< 10 ms',
+    measured: listMs === undefined ? 'not run' : `${fmtMs(listMs)} ms (p99 ${fmtMs(result(list!, 'zipkv')!.p99Ms)} ms)`,
+    met: listMs === undefined ? undefined : listMs < 10,
+  });
+  return targets;
+}
+
+// ------------------------------------------------------------------ console
+
+const PLAIN = { head: [] as string[], border: [] as string[] };
+/** No rule between body rows. */
+const COMPACT = { mid: '', 'left-mid': '', 'mid-mid': '', 'right-mid': '' };
+
+export function formatHeader(meta: Meta): string {
+  const load = (l: number[]) => l.map((v) => v.toFixed(2)).join(' ');
+  return [
+    `zipkv benchmark  ${meta.date}  (${meta.command})`,
+    `machine: ${meta.cores} cores (${meta.cpu}), ${meta.memoryGiB.toFixed(0)} GiB, ${meta.platform}, Node ${meta.node}`,
+    `load average at start: ${load(meta.loadStart)}${meta.loadEnd.length ? `   at end: ${load(meta.loadEnd)}` : ''}`,
+    `each cell: ${meta.reps} run(s) per server, alternating servers (A B C D${meta.reps > 1 ? ' A B C D' : ''}), ` +
+      `${meta.warmupMs} ms warm-up + ${meta.windowMs} ms measured; best run shown (most ops/s)`,
+  ].join('\n');
+}
+
+/** One table per workload (e.g. "PUT 4 KiB"): a row per concurrency and server. */
+export function formatWorkloadTables(cells: CellResult[]): string {
+  const workloads: string[] = [];
+  for (const c of cells) if (!workloads.includes(c.cell.workload)) workloads.push(c.cell.workload);
+  const out: string[] = [];
+  for (const w of workloads) {
+    const table = new Table({
+      head: ['conc', 'server', 'ops/s', 'MB/s', 'p50 ms', 'p99 ms', 'errors', 'vs s3rver', 'vs ceiling'],
+      colAligns: ['right', 'left', 'right', 'right', 'right', 'right', 'right', 'right', 'right'],
+      style: PLAIN,
+      chars: COMPACT,
+    });
+    for (const c of cells.filter((x) => x.cell.workload === w)) {
+      for (const s of c.servers) {
+        const zipkv = s.kind === 'zipkv' || s.kind === 'zipkv-nofsync';
+        table.push([
+          String(c.cell.concurrency),
+          SERVER_LABELS[s.kind],
+          fmtOps(s.best.opsPerSec),
+          fmtMb(s.best.mbPerSec),
+          fmtMs(s.best.p50Ms),
+          fmtMs(s.best.p99Ms),
+          String(errorsOf(s)),
+          zipkv ? fmtRatio(ratio(c, s.kind, 's3rver')) : '',
+          zipkv ? fmtRatio(ratio(c, s.kind, 'ceiling')) : '',
+        ]);
+      }
+    }
+    out.push(`\n${w}\n${table.toString()}`);
+    for (const note of new Set(cells.filter((x) => x.cell.workload === w && x.note).map((x) => x.note!))) out.push(note);
+    const firstErrors = cells
+      .filter((x) => x.cell.workload === w)
+      .flatMap((x) => x.servers.filter((s) => errorsOf(s) > 0).map((s) => `  ${x.cell.id} ${s.kind}: ${s.runs.find((r) => r.firstError)?.firstError}`));
+    if (firstErrors.length) out.push(`errors:\n${firstErrors.join('\n')}`);
+  }
+  return out.join('\n');
+}
+
+export function formatEngine(engine: EngineResults | undefined, error: string | undefined): string {
+  if (!engine) return error ? `\nEngine figures: failed: ${error}` : '';
+  const table = new Table({ head: ['engine figure', 'value', 'how'], style: PLAIN, chars: COMPACT, colAligns: ['left', 'right', 'left'] });
+  const records = engine.records.toLocaleString('en-US');
+  table.push(
+    [
+      `open a store of ${records} records`,
+      `${(engine.openMs / 1000).toFixed(2)} s`,
+      `writer open, fastest of ${engine.openRuns.length} (${engine.openRuns.map((r) => r.openSeconds.toFixed(2)).join(', ')} s); db ${fmtBytes(engine.build.dbGzipBytes)} gzip`,
+    ],
+    [`RSS per live key (${records} keys)`, `${engine.rssPerKey.toFixed(0)} B`, `RSS delta across the open, after gc; heap ${engine.heapPerKey.toFixed(0)} B/key`],
+  );
+  for (const [name, t] of [
+    ['zipkv history', engine.history],
+    ['zipkv rebase', engine.rebase],
+  ] as const) {
+    table.push([
+      name,
+      t.ms !== undefined ? `${(t.ms / 1000).toFixed(2)} s` : 'skipped',
+      t.ms !== undefined ? `${t.command}; CLI start-up alone ${t.startupMs !== undefined ? `${(t.startupMs / 1000).toFixed(2)} s` : '?'}` : `${t.command}: ${t.note}`,
+    ]);
+  }
+  for (const wa of engine.writeAmp) {
+    table.push([
+      `db bytes written / object bytes (${wa.label})`,
+      `${(wa.dbPerObjectByte * 100).toFixed(2)}%`,
+      `${wa.puts.toLocaleString('en-US')} PUTs of 4 KiB: ${fmtBytes(wa.dbBytesWritten)} of db files (${wa.checkpoints} checkpoints during the run + 1 at close; final db ${fmtBytes(wa.finalDbBytes)}), ` +
+        `journal ${fmtBytes(wa.journalBytes)} (${(wa.journalPerObjectByte * 100).toFixed(2)}%)`,
+    ]);
+  }
+  return `\nEngine (no HTTP)\n${table.toString()}`;
+}
+
+export function formatTargets(targets: Target[]): string {
+  const table = new Table({ head: ['target', 'goal', 'measured', 'met'], style: PLAIN, chars: COMPACT });
+  for (const t of targets) table.push([t.name, t.goal, t.measured, t.met === undefined ? '-' : t.met ? 'yes' : 'NO']);
+  return `\nTargets (same run)\n${table.toString()}`;
+}
+
+// ------------------------------------------------------------------ Markdown
+
+function mdTable(head: string[], rows: string[][], align?: Array<'l' | 'r'>): string {
+  const sep = head.map((_, i) => ((align?.[i] ?? 'l') === 'r' ? '---:' : '---'));
+  const line = (cells: string[]) => `| ${cells.map((c) => c.replace(/\|/g, '\\|')).join(' | ')} |`;
+  return [line(head), line(sep), ...rows.map(line)].join('\n');
+}
+
+export function markdownResults(results: BenchResults): string {
+  const { meta } = results;
+  const out: string[] = [];
+  out.push(
+    `Produced by \`${meta.command}\` on ${meta.date.slice(0, 10)}: ${meta.cores} cores (${meta.cpu}), Node ${meta.node}, ` +
+      `load average ${meta.loadStart.map((v) => v.toFixed(2)).join(' ')} at the start and ${meta.loadEnd.map((v) => v.toFixed(2)).join(' ')} at the end` +
+      `${meta.commit ? `, commit ${meta.commit.slice(0, 12)}` : ''}. ` +
+      `Best of ${meta.reps} alternating run(s) of ${meta.windowMs} ms per cell.`,
+  );
+  out.push('');
+  out.push('![ops/s per workload and server](benchmarks.svg)');
+  out.push('');
+  const rows = results.cells.map((c) => {
+    const cellOf = (k: ServerKind) => {
+      const r = result(c, k);
+      return r ? `${fmtOps(r.opsPerSec)}${r.mbPerSec >= 1 ? ` (${fmtMb(r.mbPerSec)} MB/s)` : ''}` : '-';
+    };
+    const z = result(c, 'zipkv');
+    return [
+      c.cell.label,
+      cellOf('zipkv'),
+      cellOf('zipkv-nofsync'),
+      cellOf('s3rver'),
+      cellOf('ceiling'),
+      z ? `${fmtMs(z.p50Ms)} / ${fmtMs(z.p99Ms)}` : '-',
+      fmtRatio(ratio(c, 'zipkv', 's3rver')),
+      fmtRatio(ratio(c, 'zipkv', 'ceiling')),
+    ];
+  });
+  out.push(
+    mdTable(
+      ['workload', 'zipkv ops/s', 'zipkv --no-fsync', 's3rver', 'ceiling', 'zipkv p50 / p99 ms', 'zipkv / s3rver', 'zipkv / ceiling'],
+      rows,
+      ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
+    ),
+  );
+  for (const note of new Set(results.cells.filter((c) => c.note).map((c) => `${c.cell.label}: ${c.note}`))) out.push('', `${note}.`);
+  out.push('');
+  out.push(mdTable(['target', 'goal', 'measured', 'met'], results.targets.map((t) => [t.name, t.goal, t.measured, t.met === undefined ? '-' : t.met ? 'yes' : '**no**'])));
+  const e = results.engine;
+  if (e) {
+    out.push('');
+    const rows: string[][] = [
+      [`open a store of ${e.records.toLocaleString('en-US')} history records`, `${(e.openMs / 1000).toFixed(2)} s`],
+      ['RSS per live key', `${e.rssPerKey.toFixed(0)} B (heap ${e.heapPerKey.toFixed(0)} B)`],
+      ['`zipkv history` over all records', e.history.ms !== undefined ? `${(e.history.ms / 1000).toFixed(2)} s` : `skipped: ${e.history.note}`],
+      [`\`zipkv rebase --to ${Math.floor(e.records / 2)}\``, e.rebase.ms !== undefined ? `${(e.rebase.ms / 1000).toFixed(2)} s` : `skipped: ${e.rebase.note}`],
+      ...e.writeAmp.map((wa) => [
+        `db bytes written per object byte, ${wa.puts.toLocaleString('en-US')} PUTs of 4 KiB, ${wa.label}`,
+        `${(wa.dbPerObjectByte * 100).toFixed(2)}% (journal ${(wa.journalPerObjectByte * 100).toFixed(2)}%)`,
+      ]),
+    ];
+    out.push(mdTable(['engine figure', 'value'], rows, ['l', 'r']));
+  }
+  return out.join('\n');
+}
+
+const DOC_START = '<!-- bench:results:start -->';
+const DOC_END = '<!-- bench:results:end -->';
+
+/** Replaces the results section of a Markdown file (between the markers), if it has one. */
+export async function updateMarkdown(file: string, markdown: string): Promise<boolean> {
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch {
+    return false;
+  }
+  const a = text.indexOf(DOC_START);
+  const b = text.indexOf(DOC_END);
+  if (a < 0 || b < a) return false;
+  await fs.writeFile(file, `${text.slice(0, a + DOC_START.length)}\n${markdown}\n${text.slice(b)}`);
+  return true;
+}
+
+export async function writeJson(file: string, results: BenchResults): Promise<void> {
+  await fs.mkdir(path.dirname(file), { recursive: true });
+  await fs.writeFile(file, `${JSON.stringify(results, null, 2)}\n`);
+}
+
+// ------------------------------------------------------------------ SVG
+
+const COLORS: Record<ServerKind, string> = {
+  zipkv: '#1f5fa8',
+  'zipkv-nofsync': '#7fb0e0',
+  s3rver: '#e0782a',
+  ceiling: '#9a9a9a',
+};
+
+function esc(s: string): string {
+  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
+}
+
+function siLabel(v: number): string {
+  if (v >= 1e6) return `${v / 1e6}M`;
+  if (v >= 1e3) return `${v / 1e3}k`;
+  return String(v);
+}
+
+/** A grouped bar chart of ops/s (log scale): one group per cell, one bar per server. */
+export function svgChart(results: BenchResults): string {
+  const cells = results.cells;
+  const kinds = (['zipkv', 'zipkv-nofsync', 's3rver', 'ceiling'] as ServerKind[]).filter((k) => cells.some((c) => result(c, k)));
+  const bar = 11;
+  const groupGap = 16;
+  const groupWidth = kinds.length * bar + groupGap;
+  const left = 64;
+  const right = 16;
+  const top = 78;
+  const plotHeight = 300;
+  const bottom = 92;
+  const width = Math.max(640, left + right + cells.length * groupWidth);
+  const height = top + plotHeight + bottom;
+  const values = cells.flatMap((c) => kinds.map((k) => result(c, k)?.opsPerSec ?? 0)).filter((v) => v > 0);
+  const lo = Math.pow(10, Math.floor(Math.log10(Math.min(...values, 1))));
+  const hi = Math.pow(10, Math.ceil(Math.log10(Math.max(...values, 10))));
+  const y = (v: number) => top + plotHeight - ((Math.log10(Math.max(v, lo)) - Math.log10(lo)) / (Math.log10(hi) - Math.log10(lo))) * plotHeight;
+  const { meta } = results;
+  const parts: string[] = [];
+  parts.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="Helvetica, Arial, sans-serif" font-size="11">`,
+    `<rect width="100%" height="100%" fill="#ffffff"/>`,
+    `<text x="${left}" y="22" font-size="15" font-weight="bold">zipkv: operations per second by workload (log scale, higher is better)</text>`,
+    `<text x="${left}" y="40" fill="#444">${esc(`${meta.command} · ${meta.date.slice(0, 10)} · ${meta.cores} cores · Node ${meta.node} · load ${meta.loadStart.map((v) => v.toFixed(1)).join(' ')} · best of ${meta.reps} × ${meta.windowMs} ms`)}</text>`,
+  );
+  let lx = left;
+  for (const k of kinds) {
+    parts.push(`<rect x="${lx}" y="52" width="12" height="12" fill="${COLORS[k]}"/>`, `<text x="${lx + 16}" y="62">${esc(SERVER_LABELS[k])}</text>`);
+    lx += 24 + SERVER_LABELS[k].length * 6.2;
+  }
+  for (let v = lo; v <= hi; v *= 10) {
+    const yy = y(v).toFixed(1);
+    parts.push(
+      `<line x1="${left}" x2="${width - right}" y1="${yy}" y2="${yy}" stroke="#e2e2e2"/>`,
+      `<text x="${left - 6}" y="${yy}" text-anchor="end" dominant-baseline="middle" fill="#444">${siLabel(v)}</text>`,
+    );
+  }
+  parts.push(`<line x1="${left}" x2="${left}" y1="${top}" y2="${top + plotHeight}" stroke="#888"/>`);
+  cells.forEach((c, i) => {
+    const gx = left + groupGap / 2 + i * groupWidth;
+    kinds.forEach((k, j) => {
+      const r = result(c, k);
+      if (!r || r.opsPerSec <= 0) return;
+      const yy = y(r.opsPerSec);
+      parts.push(
+        `<rect x="${gx + j * bar}" y="${yy.toFixed(1)}" width="${bar - 1}" height="${(top + plotHeight - yy).toFixed(1)}" fill="${COLORS[k]}">` +
+          `<title>${esc(`${c.cell.label} · ${SERVER_LABELS[k]}: ${fmtOps(r.opsPerSec)} ops/s, ${fmtMb(r.mbPerSec)} MB/s, p50 ${fmtMs(r.p50Ms)} ms, p99 ${fmtMs(r.p99Ms)} ms`)}</title></rect>`,
+      );
+    });
+    const lxm = gx + (kinds.length * bar) / 2;
+    const ly = top + plotHeight + 10;
+    parts.push(`<text x="${lxm}" y="${ly}" text-anchor="end" transform="rotate(-45 ${lxm} ${ly})">${esc(c.cell.label)}</text>`);
+  });
+  parts.push(`<line x1="${left}" x2="${width - right}" y1="${top + plotHeight}" y2="${top + plotHeight}" stroke="#888"/>`, '</svg>');
+  return `${parts.join('\n')}\n`;
+}

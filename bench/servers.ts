@@ -1,0 +1,191 @@
+/**
+ * The servers under test, each a child process on a free loopback port with a fresh temporary
+ * directory, so that server and load generator never share an event loop.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import fs from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+
+/** The repository root (this file runs from dist/bench/). */
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const ZIPKV_BIN = path.join(ROOT, 'bin', 'zipkv');
+const BENCH_DIST = path.dirname(fileURLToPath(import.meta.url));
+
+export type ServerKind = 'zipkv' | 'zipkv-nofsync' | 's3rver' | 'ceiling';
+
+export const SERVER_KINDS: readonly ServerKind[] = ['zipkv', 'zipkv-nofsync', 's3rver', 'ceiling'];
+
+export const SERVER_LABELS: Record<ServerKind, string> = {
+  zipkv: 'zipkv (durable)',
+  'zipkv-nofsync': 'zipkv --no-fsync',
+  s3rver: 's3rver',
+  ceiling: 'ceiling (Node, in memory)',
+};
+
+export interface StartOptions {
+  /** Extra node arguments for zipkv children (e.g. --cpu-prof --cpu-prof-dir=...). */
+  zipkvNodeArgs?: string[];
+  /** Directory to use instead of a fresh one (removed on stop all the same). */
+  dir?: string;
+  /** s3rver only: objects to store before listening (see s3rver-server.ts). */
+  prefill?: number;
+  /** Override durability for a zipkv child (used to fill a store fast). */
+  fsync?: boolean;
+}
+
+export interface RunningServer {
+  kind: ServerKind;
+  url: string;
+  port: number;
+  dir: string | undefined;
+  pid: number;
+  /** Stops the child (SIGTERM, then SIGKILL after a grace period) and removes its directory. */
+  stop(options?: { keepDir?: boolean }): Promise<void>;
+}
+
+let tempRoot: string | undefined;
+const running = new Set<ChildProcess>();
+
+/** A directory under which every temporary directory of this run lives. */
+export async function benchTempRoot(): Promise<string> {
+  tempRoot ??= await fs.mkdtemp(path.join(os.tmpdir(), 'zipkv-bench-'));
+  return tempRoot;
+}
+
+export async function freshDir(name: string): Promise<string> {
+  return fs.mkdtemp(path.join(await benchTempRoot(), `${name}-`));
+}
+
+/** Kills every child still running and removes the temporary root; safe to call twice. */
+export async function cleanupAll(): Promise<void> {
+  for (const child of running) child.kill('SIGKILL');
+  running.clear();
+  if (tempRoot) {
+    const root = tempRoot;
+    tempRoot = undefined;
+    await fs.rm(root, { recursive: true, force: true });
+  }
+}
+
+/** Synchronous last resort for an exit without cleanup (e.g. an uncaught error). */
+export function killAllSync(): void {
+  for (const child of running) child.kill('SIGKILL');
+  running.clear();
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForPort(port: number, child: ChildProcess, stderr: () => string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`server exited (${child.exitCode ?? child.signalCode}) before listening: ${stderr().trim()}`);
+    }
+    const ok = await new Promise<boolean>((resolve) => {
+      const socket = net.connect({ port, host: '127.0.0.1' });
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`server did not listen on 127.0.0.1:${port} within ${timeoutMs} ms`);
+    await sleep(25);
+  }
+}
+
+export async function startServer(kind: ServerKind, options: StartOptions = {}): Promise<RunningServer> {
+  const port = await freePort();
+  const ownDir = kind !== 'ceiling';
+  const dir = options.dir ?? (kind === 'ceiling' ? undefined : await freshDir(kind));
+  let args: string[];
+  const env = { ...process.env };
+  delete env.NODE_OPTIONS;
+  switch (kind) {
+    case 'zipkv':
+    case 'zipkv-nofsync': {
+      const fsync = options.fsync ?? kind === 'zipkv';
+      args = [
+        ...(options.zipkvNodeArgs ?? []),
+        ZIPKV_BIN,
+        'serve',
+        '-dir',
+        dir!,
+        '-addr',
+        `127.0.0.1:${port}`,
+        '--quiet',
+        ...(fsync ? [] : ['--no-fsync']),
+      ];
+      break;
+    }
+    case 's3rver':
+      args = [path.join(BENCH_DIST, 's3rver-server.js'), String(port), dir!, String(options.prefill ?? 0)];
+      break;
+    case 'ceiling':
+      args = [path.join(BENCH_DIST, 'ceiling-server.js'), String(port)];
+      break;
+  }
+  const child = spawn(process.execPath, args, { cwd: ROOT, env, stdio: ['ignore', 'ignore', 'pipe'] });
+  running.add(child);
+  let err = '';
+  child.stderr!.setEncoding('utf8');
+  child.stderr!.on('data', (s: string) => {
+    err = (err + s).slice(-4000);
+  });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  try {
+    await waitForPort(port, child, () => err, options.prefill ? 300_000 : 30_000);
+  } catch (e) {
+    child.kill('SIGKILL');
+    running.delete(child);
+    if (ownDir && dir) await fs.rm(dir, { recursive: true, force: true });
+    throw new Error(`${kind}: ${(e as Error).message}`);
+  }
+  let stopped = false;
+  return {
+    kind,
+    url: `http://127.0.0.1:${port}`,
+    port,
+    dir,
+    pid: child.pid!,
+    async stop(stopOptions = {}) {
+      if (stopped) return;
+      stopped = true;
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGTERM');
+        const grace = new AbortController();
+        const killed = await Promise.race([
+          exited.then(() => false),
+          sleep(20_000, undefined, { signal: grace.signal }).then(
+            () => true,
+            () => false,
+          ),
+        ]);
+        grace.abort();
+        if (killed) {
+          child.kill('SIGKILL');
+          await exited;
+        }
+      }
+      running.delete(child);
+      if (child.exitCode !== 0 && child.signalCode !== 'SIGTERM' && err.trim()) {
+        process.stderr.write(`bench: ${kind} exited with ${child.exitCode ?? child.signalCode}: ${err.trim().slice(-1000)}\n`);
+      }
+      if (ownDir && dir && !stopOptions.keepDir) await fs.rm(dir, { recursive: true, force: true });
+    },
+  };
+}
