@@ -19,6 +19,8 @@ const OPEN_CHILD = path.join(HERE, 'engine.js');
 /** What bench/engine.ts's open-child prints. */
 export interface OpenResult {
   openSeconds: number;
+  /** Process CPU time (all threads) during the open, when the child reports it. */
+  cpuSeconds?: number;
   rssPerKey: number;
   heapPerKey: number;
   rssMiB: number;

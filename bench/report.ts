@@ -3,6 +3,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import Table from 'cli-table3';
 import type { LoadResult } from './client.js';
+import type { DiskFigures } from './disk.js';
 import type { EngineResults } from './engine-figures.js';
 import { SERVER_LABELS, type ServerKind } from './servers.js';
 import type { Cell } from './workloads.js';
@@ -38,6 +39,8 @@ export interface Meta {
   loadStart: number[];
   loadEnd: number[];
   commit: string | undefined;
+  /** src/, bin/, proto/ or package.json differ from the commit. */
+  uncommitted?: boolean;
   windowMs: number;
   warmupMs: number;
   reps: number;
@@ -45,6 +48,8 @@ export interface Meta {
   s3rverListKeys: number;
   engineRecords: number;
   writeAmpPuts: number;
+  /** The disk under the temporary directories, measured before the run. */
+  disk?: DiskFigures;
   seconds?: number;
 }
 
@@ -138,6 +143,9 @@ export function computeTargets(cells: CellResult[], engine: EngineResults | unde
       for (const conc of [1, 16]) {
         const id = `${op}-${size}-c${conc}`;
         vs(id, 'ceiling', 0.7, `${op.toUpperCase()} ${size === '1m' ? '1 MiB' : '4 MiB'}, concurrency ${conc}, vs ceiling`, '>= 0.70x');
+        const c = byId.get(id);
+        const z = c && result(c, 'zipkv');
+        if (op === 'put' && z && meta.disk) targets[targets.length - 1]!.measured += `; ${fmtMb(z.mbPerSec)} MB/s, disk ${meta.disk.writeMBps.toFixed(0)} MB/s`;
       }
     }
   }
@@ -175,11 +183,20 @@ export function formatHeader(meta: Meta): string {
   const load = (l: number[]) => l.map((v) => v.toFixed(2)).join(' ');
   return [
     `zipkv benchmark  ${meta.date}  (${meta.command})`,
-    `machine: ${meta.cores} cores (${meta.cpu}), ${meta.memoryGiB.toFixed(0)} GiB, ${meta.platform}, Node ${meta.node}`,
+    `machine: ${meta.cores} cores (${meta.cpu}), ${meta.memoryGiB.toFixed(0)} GiB, ${meta.platform}, Node ${meta.node}` +
+      `${meta.commit ? `; code: commit ${meta.commit.slice(0, 12)}${meta.uncommitted ? ' + uncommitted changes' : ''}` : ''}`,
     `load average at start: ${load(meta.loadStart)}${meta.loadEnd.length ? `   at end: ${load(meta.loadEnd)}` : ''}`,
+    ...(meta.disk ? [diskLine(meta.disk)] : []),
     `each cell: ${meta.reps} run(s) per server, alternating servers (A B C D${meta.reps > 1 ? ' A B C D' : ''}), ` +
       `${meta.warmupMs} ms warm-up + ${meta.windowMs} ms measured; best run shown (most ops/s)`,
   ].join('\n');
+}
+
+function diskLine(d: DiskFigures): string {
+  return (
+    `disk (temporary directories): sequential write ${d.writeMBps.toFixed(0)} MB/s (${d.writtenBytes / 2 ** 20} MiB then fdatasync), ` +
+    `fdatasync after a 4 KiB append p50 ${d.fdatasyncP50Ms.toFixed(2)} ms, p99 ${d.fdatasyncP99Ms.toFixed(2)} ms`
+  );
 }
 
 /** One table per workload (e.g. "PUT 4 KiB"): a row per concurrency and server. */
@@ -228,7 +245,9 @@ export function formatEngine(engine: EngineResults | undefined, error: string | 
     [
       `open a store of ${records} records`,
       `${(engine.openMs / 1000).toFixed(2)} s`,
-      `writer open, fastest of ${engine.openRuns.length} (${engine.openRuns.map((r) => r.openSeconds.toFixed(2)).join(', ')} s); db ${fmtBytes(engine.build.dbGzipBytes)} gzip`,
+      `writer open, fastest of ${engine.openRuns.length} (${engine.openRuns.map((r) => r.openSeconds.toFixed(2)).join(', ')} s` +
+        `${engine.openRuns.every((r) => typeof r.cpuSeconds === 'number') ? `; CPU ${engine.openRuns.map((r) => r.cpuSeconds!.toFixed(2)).join(', ')} s` : ''}); ` +
+        `db ${fmtBytes(engine.build.dbGzipBytes)} gzip`,
     ],
     [`RSS per live key (${records} keys)`, `${engine.rssPerKey.toFixed(0)} B`, `RSS delta across the open, after gc; heap ${engine.heapPerKey.toFixed(0)} B/key`],
   );
@@ -273,7 +292,8 @@ export function markdownResults(results: BenchResults): string {
   out.push(
     `Produced by \`${meta.command}\` on ${meta.date.slice(0, 10)}: ${meta.cores} cores (${meta.cpu}), Node ${meta.node}, ` +
       `load average ${meta.loadStart.map((v) => v.toFixed(2)).join(' ')} at the start and ${meta.loadEnd.map((v) => v.toFixed(2)).join(' ')} at the end` +
-      `${meta.commit ? `, commit ${meta.commit.slice(0, 12)}` : ''}. ` +
+      `${meta.commit ? `, commit ${meta.commit.slice(0, 12)}${meta.uncommitted ? ' with uncommitted changes to the sources' : ''}` : ''}. ` +
+      `${meta.disk ? `Disk: sequential write ${meta.disk.writeMBps.toFixed(0)} MB/s, fdatasync p50 ${meta.disk.fdatasyncP50Ms.toFixed(2)} ms. ` : ''}` +
       `Best of ${meta.reps} alternating run(s) of ${meta.windowMs} ms per cell.`,
   );
   out.push('');

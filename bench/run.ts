@@ -19,6 +19,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { type LoadResult, runLoad } from './client.js';
+import { measureDisk } from './disk.js';
 import { type EngineResults, runEngine } from './engine-figures.js';
 import {
   type BenchResults,
@@ -34,7 +35,7 @@ import {
   updateMarkdown,
   writeJson,
 } from './report.js';
-import { ROOT, SERVER_KINDS, SERVER_LABELS, type RunningServer, cleanupAll, killAllSync } from './servers.js';
+import { ROOT, SERVER_KINDS, SERVER_LABELS, type RunningServer, benchTempRoot, cleanupAll, killAllSync } from './servers.js';
 import { type Cell, GROUPS, type GroupEnv } from './workloads.js';
 
 interface Options {
@@ -74,9 +75,9 @@ function selected(cell: Cell, only: string[] | undefined): boolean {
   return only.some((t) => t === cell.group || t === cell.op.toLowerCase() || t === cell.id);
 }
 
-function gitCommit(): string | undefined {
+function git(args: string[]): string | undefined {
   try {
-    return execFileSync('git', ['rev-parse', 'HEAD'], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    return execFileSync('git', args, { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
   } catch {
     return undefined;
   }
@@ -114,7 +115,9 @@ async function main(): Promise<void> {
     memoryGiB: os.totalmem() / 2 ** 30,
     loadStart: os.loadavg(),
     loadEnd: [],
-    commit: gitCommit(),
+    commit: git(['rev-parse', 'HEAD']),
+    // The code measured is the working tree: say so when it is not the commit.
+    uncommitted: (git(['status', '--porcelain', '--', 'src', 'bin', 'proto', 'package.json']) ?? '') !== '',
     ...config,
   };
   const env: GroupEnv = {
@@ -128,6 +131,7 @@ async function main(): Promise<void> {
     await fs.mkdir(profileDir, { recursive: true });
     log(`profiles of the zipkv servers go to ${profileDir}`);
   }
+  meta.disk = await measureDisk(await benchTempRoot(), (options.quick ? 512 : 1024) * 2 ** 20);
   log(formatHeader(meta));
 
   const cells: CellResult[] = [];
@@ -136,15 +140,24 @@ async function main(): Promise<void> {
     const todo = group.cells.filter((c) => selected(c, options.only));
     if (todo.length === 0) continue;
     log(`\n== ${group.title}: starting ${SERVER_KINDS.length} servers (at ${elapsed(started)}, load ${os.loadavg()[0]!.toFixed(2)})`);
-    let servers: RunningServer[];
-    try {
-      servers = await group.start(SERVER_KINDS, env);
-    } catch (err) {
-      const note = `${group.title}: could not start: ${(err as Error).message}`;
-      notes.push(note);
-      log(note);
-      continue;
+    let servers: RunningServer[] | undefined;
+    for (let attempt = 1; !servers; attempt++) {
+      try {
+        servers = await group.start(SERVER_KINDS, env);
+      } catch (err) {
+        const message = (err as Error).message.split('\n').slice(0, 6).join(' | ');
+        if (attempt < 2) {
+          // e.g. dist/ being rebuilt at that moment: wait a little and try once more
+          log(`${group.title}: could not start (${message}); trying again in 5 s`);
+          await new Promise((resolve) => setTimeout(resolve, 5000));
+          continue;
+        }
+        notes.push(`${group.title}: could not start: ${message}`);
+        log(notes[notes.length - 1]!);
+        break;
+      }
     }
+    if (!servers) continue;
     try {
       for (const cell of todo) {
         const runs = new Map<string, LoadResult[]>();

@@ -105,9 +105,13 @@ function preloadCount(size: number): number {
   return Math.max(16, Math.min(1000, Math.floor((128 * MiB) / size)));
 }
 
-/** PUT keys cycle over this many names per run, which bounds the ceiling server's memory. */
+/**
+ * PUT keys cycle over this many names, the same for every PUT cell and run of a group (later
+ * PUTs overwrite earlier ones): this bounds what the ceiling server holds in memory, 256 MiB,
+ * whose garbage collection would otherwise slow it down more and more as a group goes on.
+ */
 function putKeySpace(size: number): number {
-  return Math.max(64, Math.min(10_000, Math.floor((512 * MiB) / size)));
+  return Math.max(64, Math.min(10_000, Math.floor((256 * MiB) / size)));
 }
 
 function objectGroup(size: number, withHead: boolean): Group {
@@ -131,7 +135,7 @@ function objectGroup(size: number, withHead: boolean): Group {
       switch (c.op) {
         case 'PUT': {
           const space = putKeySpace(size);
-          return (pool: Pool) => putObject(pool, `put/${c.id}/r${rep}/${pad(n++ % space)}`, body);
+          return (pool: Pool) => putObject(pool, `put/${pad(n++ % space)}`, body);
         }
         case 'GET':
           n = rep * 997;
