@@ -15,7 +15,7 @@ import path from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { BlockReader, BlockWriter, type Reservation } from './blocks.js';
-import { currentDbSlot, readDbFile, writeNextDb } from './db-file.js';
+import { currentDbSlot, writeNextDb } from './db-file.js';
 import {
   BodySizeMismatchError,
   DigestMismatchError,
@@ -34,6 +34,7 @@ import {
   syncDir,
 } from './files.js';
 import { JournalWriter, readJournal } from './journal.js';
+import { replayDbFile } from './replay.js';
 import { DirectoryLock } from './lock.js';
 import { IndexEntry, ObjectIndex, fromRawKey, toRawKey } from './object-index.js';
 import {
@@ -44,7 +45,6 @@ import {
   decodeRawRecord,
   encodeHistoryRecord,
   encodeMetadata,
-  scanDb,
 } from './schema.js';
 
 export interface OpenOptions {
@@ -207,7 +207,7 @@ export class Store {
         this.blockMtimes.set(id, Math.floor(st.mtimeMs / 1000));
       }),
     );
-    const checkLocation = (loc: Location): string | undefined => {
+    const checkLocation = (loc: { block: number; offset: number; size: number }): string | undefined => {
       if (loc.offset < 0 || loc.size < 0 || loc.block < 0) return 'has a negative block, offset or size';
       if (loc.size === 0) return undefined;
       const size = blockSizes.get(loc.block);
@@ -232,18 +232,29 @@ export class Store {
     if (this.dbSlot !== undefined) {
       const file = path.join(this.dir, dbFileName(this.dbSlot));
       this.dbCompressedSize = (await fsp.stat(file)).size;
-      const { nextBackendFile, records } = scanDb(
-        await readDbFile(file),
-        file,
-        (record, rev) => {
-          if (record.kind === 'put') {
-            const problem = checkLocation(record.location);
-            if (problem) throw new StoreCorruptError(`${file}: revision ${rev} (${fromRawKey(record.rawKey)}) ${problem}`);
-          }
-          apply(record);
-        },
-        limit,
-      );
+      const index = this.index;
+      index.beginBulk();
+      let replayed: { nextBackendFile: number; records: number };
+      try {
+        replayed = await replayDbFile(
+          file,
+          {
+            put(rawKey, fields, rev) {
+              const problem = checkLocation(fields);
+              if (problem) throw new StoreCorruptError(`${file}: revision ${rev} (${fromRawKey(rawKey)}) ${problem}`);
+              index.setFields(rawKey, fields);
+              if (fields.size > 0 && fields.block > maxReferenced) maxReferenced = fields.block;
+            },
+            delete(rawKey) {
+              index.delete(rawKey);
+            },
+          },
+          limit,
+        );
+      } finally {
+        index.endBulk();
+      }
+      const { nextBackendFile, records } = replayed;
       dbNextBlock = nextBackendFile;
       this.revisionCount = Math.min(records, limit);
     }
@@ -323,6 +334,7 @@ export class Store {
     await pipeline(this.createReadStream(info), hash);
     const md5 = hash.digest('hex');
     info.entry.md5 = md5;
+    this.index.rememberMd5(toRawKey(info.key), info.entry, md5);
     info.etag = md5;
     return md5;
   }
@@ -357,7 +369,7 @@ export class Store {
     let from = after !== undefined && after >= prefix ? after : prefix;
     let skipEqual = after !== undefined && after >= prefix;
     scan: for (;;) {
-      for (const [raw, entry] of this.index.from(from)) {
+      for (const raw of this.index.keysFrom(from)) {
         if (skipEqual && raw === from) continue;
         if (!raw.startsWith(prefix)) break scan;
         if (delimiter) {
@@ -381,7 +393,7 @@ export class Store {
           result.truncated = true;
           break scan;
         }
-        result.objects.push(this.info(fromRawKey(raw), entry));
+        result.objects.push(this.info(fromRawKey(raw), this.index.get(raw)!));
         last = raw;
         count++;
       }
@@ -592,7 +604,7 @@ export class Store {
     const skipped: PendingOp[] = [];
     for (const op of batch) {
       if (op.record.kind === 'delete') {
-        const live = liveInBatch.get(op.raw) ?? this.index.get(op.raw) !== undefined;
+        const live = liveInBatch.get(op.raw) ?? this.index.has(op.raw);
         if (!live) {
           skipped.push(op);
           continue;
