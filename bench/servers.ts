@@ -47,12 +47,12 @@ export interface RunningServer {
   stop(options?: { keepDir?: boolean }): Promise<void>;
 }
 
-let tempRoot: string | undefined;
+let tempRoot: Promise<string> | undefined;
 const running = new Set<ChildProcess>();
 
-/** A directory under which every temporary directory of this run lives. */
-export async function benchTempRoot(): Promise<string> {
-  tempRoot ??= await fs.mkdtemp(path.join(os.tmpdir(), 'zipkv-bench-'));
+/** A directory under which every temporary directory of this run lives (one, however many ask at once). */
+export function benchTempRoot(): Promise<string> {
+  tempRoot ??= fs.mkdtemp(path.join(os.tmpdir(), 'zipkv-bench-'));
   return tempRoot;
 }
 
@@ -67,7 +67,7 @@ export async function cleanupAll(): Promise<void> {
   if (tempRoot) {
     const root = tempRoot;
     tempRoot = undefined;
-    await fs.rm(root, { recursive: true, force: true });
+    await fs.rm(await root, { recursive: true, force: true });
   }
 }
 
