@@ -1,5 +1,6 @@
 /** Starts zipkv's S3 server in-process on a loopback port, with an SDK client pointed at it. */
-import { S3Client } from '@aws-sdk/client-s3';
+import { createHash } from 'node:crypto';
+import { S3Client, S3ServiceException } from '@aws-sdk/client-s3';
 import { openStore, type OpenOptions, type Store } from '../../src/lib/store/store.js';
 import { S3Server } from '../../src/lib/s3/server.js';
 import type { Credentials } from '../../src/lib/s3/auth/authenticate.js';
@@ -71,4 +72,19 @@ export async function bodyBytes(body: unknown): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of body as AsyncIterable<Uint8Array>) chunks.push(Buffer.from(chunk));
   return Buffer.concat(chunks);
+}
+
+/** Awaits an SDK call that must fail with an S3 error, and returns that error. */
+export async function s3Fails(promise: Promise<unknown>): Promise<S3ServiceException> {
+  try {
+    await promise;
+  } catch (err) {
+    if (err instanceof S3ServiceException) return err;
+    throw err;
+  }
+  throw new Error('expected the request to fail');
+}
+
+export function md5(data: Uint8Array | string): string {
+  return createHash('md5').update(data).digest('hex');
 }

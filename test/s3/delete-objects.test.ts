@@ -1,19 +1,10 @@
 import { createHash } from 'node:crypto';
-import { DeleteObjectsCommand, S3ServiceException } from '@aws-sdk/client-s3';
+import { DeleteObjectsCommand } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
 import { XMLValidator } from 'fast-xml-parser';
 import { rawRequest, xmlField, type RawResponse } from '../helpers/http.js';
-import { startServer, type TestServer } from '../helpers/server.js';
+import { startServer, type TestServer, s3Fails } from '../helpers/server.js';
 
-async function s3Fails(promise: Promise<unknown>): Promise<S3ServiceException> {
-  try {
-    await promise;
-  } catch (err) {
-    if (err instanceof S3ServiceException) return err;
-    throw err;
-  }
-  throw new Error('expected the request to fail');
-}
 
 const escape = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 

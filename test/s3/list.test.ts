@@ -5,23 +5,13 @@ import {
   ListObjectsCommand,
   ListObjectsV2Command,
   PutObjectCommand,
-  S3ServiceException,
   paginateListObjectsV2,
 } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
 import { XMLParser, XMLValidator } from 'fast-xml-parser';
 import { rawRequest, xmlField } from '../helpers/http.js';
-import { startServer, type TestServer } from '../helpers/server.js';
+import { startServer, type TestServer, s3Fails } from '../helpers/server.js';
 
-async function s3Fails(promise: Promise<unknown>): Promise<S3ServiceException> {
-  try {
-    await promise;
-  } catch (err) {
-    if (err instanceof S3ServiceException) return err;
-    throw err;
-  }
-  throw new Error('expected the request to fail');
-}
 
 const MANY = 2500;
 const manyKey = (i: number) => `many/k${String(i).padStart(5, '0')}`;

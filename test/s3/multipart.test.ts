@@ -10,7 +10,6 @@ import {
   ListMultipartUploadsCommand,
   ListPartsCommand,
   PutObjectCommand,
-  S3ServiceException,
   UploadPartCommand,
   UploadPartCopyCommand,
   type CompletedPart,
@@ -18,10 +17,9 @@ import {
 import { Upload } from '@aws-sdk/lib-storage';
 import { expect } from 'chai';
 import { SCRATCH_DIR } from '../../src/lib/store/files.js';
-import { bodyBytes, startServer, type TestServer } from '../helpers/server.js';
+import { bodyBytes, startServer, type TestServer, s3Fails, md5 } from '../helpers/server.js';
 
 const MiB = 1024 * 1024;
-const md5 = (b: Uint8Array) => createHash('md5').update(b).digest('hex');
 
 /** S3's multipart ETag, computed here from the part boundaries: md5 of the parts' md5s, "-N". */
 function multipartEtag(body: Buffer, partSizes: number[]): string {
@@ -35,15 +33,6 @@ function multipartEtag(body: Buffer, partSizes: number[]): string {
   return `"${outer.digest('hex')}-${partSizes.length}"`;
 }
 
-async function s3Fails(promise: Promise<unknown>): Promise<S3ServiceException> {
-  try {
-    await promise;
-  } catch (err) {
-    if (err instanceof S3ServiceException) return err;
-    throw err;
-  }
-  throw new Error('expected the request to fail');
-}
 
 describe('s3: multipart uploads (AWS SDK)', () => {
   let t: TestServer;

@@ -1,26 +1,15 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import {
   CopyObjectCommand,
   DeleteObjectCommand,
   GetObjectCommand,
   HeadObjectCommand,
   PutObjectCommand,
-  S3ServiceException,
 } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
-import { bodyBytes, startServer, type TestServer } from '../helpers/server.js';
+import { bodyBytes, startServer, type TestServer, s3Fails, md5 } from '../helpers/server.js';
 
-const md5 = (b: Uint8Array) => createHash('md5').update(b).digest('hex');
 
-async function s3Fails(promise: Promise<unknown>): Promise<S3ServiceException> {
-  try {
-    await promise;
-  } catch (err) {
-    if (err instanceof S3ServiceException) return err;
-    throw err;
-  }
-  throw new Error('expected the request to fail');
-}
 
 describe('s3: objects (AWS SDK)', () => {
   let t: TestServer;

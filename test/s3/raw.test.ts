@@ -8,9 +8,8 @@ import { HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
 import { XMLValidator } from 'fast-xml-parser';
 import { rawExchange, rawRequest, statusOf, xmlField } from '../helpers/http.js';
-import { startServer, type TestServer } from '../helpers/server.js';
+import { startServer, type TestServer, md5 } from '../helpers/server.js';
 
-const md5 = (b: Uint8Array | string) => createHash('md5').update(b).digest('hex');
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** A CRC-32 in the form of an x-amz-checksum-crc32 value. */

@@ -7,26 +7,15 @@ import {
   ListObjectsV2Command,
   PutObjectCommand,
   S3Client,
-  S3ServiceException,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { expect } from 'chai';
 import { rawExchange, rawRequest, statusOf, xmlField } from '../helpers/http.js';
-import { TEST_CREDENTIALS, bodyBytes, clientFor, startServer, type TestServer } from '../helpers/server.js';
+import { TEST_CREDENTIALS, bodyBytes, clientFor, startServer, type TestServer, s3Fails, md5 } from '../helpers/server.js';
 
-const md5 = (b: Uint8Array | string) => createHash('md5').update(b).digest('hex');
 const sha256 = (b: string) => createHash('sha256').update(b).digest('hex');
 const hmac = (key: Buffer | string, data: string) => createHmac('sha256', key).update(data).digest();
 
-async function s3Fails(promise: Promise<unknown>): Promise<S3ServiceException> {
-  try {
-    await promise;
-  } catch (err) {
-    if (err instanceof S3ServiceException) return err;
-    throw err;
-  }
-  throw new Error('expected the request to fail');
-}
 
 /** Records the x-amz-content-sha256 of every request a client sends, as signed. */
 function recordPayloadModes(client: S3Client): string[] {
