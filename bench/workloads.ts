@@ -207,20 +207,23 @@ const MIXED_PRELOAD = 200;
 /**
  * An S3QL-like mix: 40% PUT of a new object of 64 KiB-1 MiB, 30% GET, 15% HEAD, 5% copy,
  * 10% delete. Keys are chosen among those live and not in use by another request, so that no
- * request fails because of another one.
+ * request fails because of another one. One state per server, kept across its runs: a key a
+ * run deleted stays deleted for the next.
  */
 class MixedState {
   private readonly live: string[] = [];
   private readonly busy = new Set<string>();
-  private readonly rand: () => number;
+  private rand: () => number = prng(0);
   private counter = 0;
 
-  constructor(
-    private readonly rep: number,
-    seed: number,
-  ) {
+  constructor() {
     for (let i = 0; i < MIXED_PRELOAD; i++) this.live.push(`mix/${pad(i)}`);
+  }
+
+  /** Starts a run: the same random sequence for every server's `rep`-th run. */
+  run(seed: number): Operation {
     this.rand = prng(seed);
+    return this.op;
   }
 
   /** A live key no other request uses, marked as in use; undefined when none is found. */
@@ -237,7 +240,7 @@ class MixedState {
   }
 
   private newKey(): string {
-    return `mix/r${this.rep}/${pad(this.counter++)}`;
+    return `mix/new/${pad(this.counter++)}`;
   }
 
   readonly op: Operation = async (pool) => {
@@ -288,10 +291,13 @@ const mixedGroup: Group = {
     await Promise.all(servers.map((s) => runFixed(s.url, MIXED_PRELOAD, 8, (pool, i) => putObject(pool, `mix/${pad(i)}`, randomBody(sizes[i]!)))));
     return servers;
   },
-  operation(_c, _server, rep) {
-    return new MixedState(rep, 4242 + rep).op;
+  operation(_c, server, rep) {
+    let state = mixedStates.get(server);
+    if (!state) mixedStates.set(server, (state = new MixedState()));
+    return state.run(4242 + rep);
   },
 };
+const mixedStates = new WeakMap<RunningServer, MixedState>();
 
 export const GROUPS: Group[] = [
   objectGroup(4 * KiB, true),
