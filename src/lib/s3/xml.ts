@@ -11,17 +11,19 @@ const DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>\n';
 
 // Characters XML 1.0 cannot carry even as references are written as references anyway, as
 // S3 does; clients that care ask for encoding-type=url. A carriage return is a reference too:
-// parsers turn a literal one into a line feed.
-const SPECIAL = /[&<>"'\u0000-\u0008\u000b-\u001f\ufffe\uffff]/g;
+// parsers turn a literal one into a line feed. Quotes need no escaping in element text (zipkv
+// writes no attribute values), so the quoted ETags of a listing pass through untouched.
+const SPECIAL = /[&<>\u0000-\u0008\u000b-\u001f\ufffe\uffff]/g;
+/** The same class without /g: a test that keeps no state, for the common case of nothing to escape. */
+const HAS_SPECIAL = /[&<>\u0000-\u0008\u000b-\u001f\ufffe\uffff]/;
 
 export function escapeXml(text: string): string {
+  if (!HAS_SPECIAL.test(text)) return text;
   return text.replace(SPECIAL, (c) => {
     switch (c) {
       case '&': return '&amp;';
       case '<': return '&lt;';
       case '>': return '&gt;';
-      case '"': return '&quot;';
-      case "'": return '&apos;';
       default: return `&#x${c.charCodeAt(0).toString(16)};`;
     }
   });
