@@ -32,7 +32,8 @@ async function contentsOf(ctx: RequestContext, objects: ObjectInfo[], encode: (s
     out.push({
       Key: encode(info.key),
       LastModified: info.lastModified.toISOString(),
-      ETag: quoteEtag(await ctx.store.etagOf(info)),
+      // Only objects the original wrote need their MD5 computed (once); the rest have it stored.
+      ETag: quoteEtag(info.etag ?? (await ctx.store.etagOf(info))),
       Size: info.size,
       Owner: owner ? OWNER : undefined,
       StorageClass: 'STANDARD',
