@@ -86,57 +86,79 @@ const compareRaw = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0
 const NODE_SIZE = 64;
 const INITIAL_CAPACITY = 1024;
 
-/** The byte of a raw key at `d`, or -1 past its end (a key sorts before its extensions). */
-function byteAt(key: string, d: number): number {
-  return d < key.length ? key.charCodeAt(d) : -1;
+/** Bytes of a key looked at per step of the sort; 257^6 < 2^53, so a chunk is an exact double. */
+const CHUNK = 6;
+
+/**
+ * Bytes [CHUNK * d, CHUNK * d + CHUNK) of a raw key as one number that sorts like them: each
+ * byte b counts as b + 1 and a position past the end as 0, so a key sorts before its
+ * extensions. A chunk divisible by 257 ends the key.
+ */
+function chunkAt(key: string, d: number): number {
+  let code = 0;
+  for (let i = CHUNK * d, end = i + CHUNK; i < end; i++) code = code * 257 + (i < key.length ? key.charCodeAt(i) + 1 : 0);
+  return code;
 }
 
 /**
- * Sorts raw keys (distinct) in byte order, moving `slots` along: a multikey quicksort, which
- * looks at each key's bytes from the first one that differs within its group, so the long
- * common prefixes of object keys cost little. Small ranges finish with an insertion sort.
+ * Sorts raw keys in byte order, moving `slots` along: a multikey quicksort whose "characters"
+ * are 6-byte chunks, cached in a typed array so that partitioning does not touch the strings.
+ * Each key is read once per chunk of the prefix it shares with others, so the long common
+ * prefixes of object keys cost little. Equal keys (a key written more than once) end up
+ * side by side, in no particular order.
  */
-function sortRawKeys(keys: string[], slots: number[], lo: number, hi: number, d: number): void {
-  while (hi - lo > 16) {
-    const mid = (lo + hi) >>> 1;
-    const a = byteAt(keys[lo]!, d);
-    const b = byteAt(keys[mid]!, d);
-    const c = byteAt(keys[hi]!, d);
-    const pivot = a < b ? (b < c ? b : a < c ? c : a) : a < c ? a : b < c ? c : b;
-    let lt = lo;
-    let gt = hi;
-    let i = lo;
-    while (i <= gt) {
-      const byte = byteAt(keys[i]!, d);
-      if (byte < pivot) swap(keys, slots, lt++, i++);
-      else if (byte > pivot) swap(keys, slots, i, gt--);
-      else i++;
+function sortRawKeys(keys: string[], slots: number[]): void {
+  const chunks = new Float64Array(keys.length);
+  const swap = (i: number, j: number): void => {
+    const k = keys[i]!;
+    keys[i] = keys[j]!;
+    keys[j] = k;
+    const s = slots[i]!;
+    slots[i] = slots[j]!;
+    slots[j] = s;
+    const c = chunks[i]!;
+    chunks[i] = chunks[j]!;
+    chunks[j] = c;
+  };
+  // Sorts [lo, hi], whose keys share their first `d` chunks.
+  const sortRange = (lo: number, hi: number, d: number): void => {
+    for (let i = lo; i <= hi; i++) chunks[i] = chunkAt(keys[i]!, d);
+    partition(lo, hi, d);
+  };
+  const partition = (lo: number, hi: number, d: number): void => {
+    while (hi - lo > 16) {
+      const a = chunks[lo]!;
+      const b = chunks[(lo + hi) >>> 1]!;
+      const c = chunks[hi]!;
+      const pivot = a < b ? (b < c ? b : a < c ? c : a) : a < c ? a : b < c ? c : b;
+      let lt = lo;
+      let gt = hi;
+      let i = lo;
+      while (i <= gt) {
+        const x = chunks[i]!;
+        if (x < pivot) swap(lt++, i++);
+        else if (x > pivot) swap(i, gt--);
+        else i++;
+      }
+      partition(lo, lt - 1, d);
+      // Equal chunks that end the keys are equal keys; otherwise look at the next chunk.
+      if (pivot % 257 !== 0 && gt > lt) sortRange(lt, gt, d + 1);
+      lo = gt + 1;
     }
-    sortRawKeys(keys, slots, lo, lt - 1, d);
-    if (pivot >= 0) sortRawKeys(keys, slots, lt, gt, d + 1);
-    lo = gt + 1;
-  }
-  for (let i = lo + 1; i <= hi; i++) {
-    const key = keys[i]!;
-    const slot = slots[i]!;
-    let j = i - 1;
-    while (j >= lo && keys[j]! > key) {
-      keys[j + 1] = keys[j]!;
-      slots[j + 1] = slots[j]!;
-      j--;
+    for (let i = lo + 1; i <= hi; i++) {
+      const key = keys[i]!;
+      const slot = slots[i]!;
+      let j = i - 1;
+      while (j >= lo && keys[j]! > key) {
+        keys[j + 1] = keys[j]!;
+        slots[j + 1] = slots[j]!;
+        j--;
+      }
+      keys[j + 1] = key;
+      slots[j + 1] = slot;
     }
-    keys[j + 1] = key;
-    slots[j + 1] = slot;
-  }
-}
-
-function swap(keys: string[], slots: number[], i: number, j: number): void {
-  const k = keys[i]!;
-  keys[i] = keys[j]!;
-  keys[j] = k;
-  const s = slots[i]!;
-  slots[i] = slots[j]!;
-  slots[j] = s;
+  };
+  sortRange(0, keys.length - 1, 0);
 }
 
 /** Leaves of a tree built in bulk are filled this far, leaving room for the inserts to come. */
@@ -199,7 +221,7 @@ export class ObjectIndex {
       if (!(keys[i - 1]! < keys[i]!)) {
         order = new Array<number>(n);
         for (let j = 0; j < n; j++) order[j] = j;
-        sortRawKeys(keys, order, 0, n - 1, 0);
+        sortRawKeys(keys, order);
         break;
       }
     }
