@@ -81,6 +81,7 @@ async function writer(store: Awaited<ReturnType<typeof openStore>>, w: number): 
   }
 }
 
+process.stdout.write('loaded\n');
 const store = await openStore(dir, { blockSize: 64 * 1024, checkpointBytes: 16 * 1024, fsync: true, warn: () => undefined });
 line('ready');
 process.stdout.write('ready\n');

@@ -109,6 +109,23 @@ describe('store: the object index', () => {
     });
   }
 
+  it('a bulk replay orders keys of every length over a tiny alphabet (shared prefixes, chunk edges, duplicates)', () => {
+    for (const count of [0, 1, 2, 17, 40, 3000]) {
+      const index = new ObjectIndex();
+      const model: Model = new Map();
+      index.beginBulk();
+      for (let i = 0; i < count; i++) {
+        const length = rand(15);
+        const key = Array.from({ length }, () => ['\x00', 'a', '\xff'][rand(3)]!).join('');
+        const entry = randomEntry(i);
+        index.set(key, entry);
+        model.set(key, entry);
+      }
+      index.endBulk();
+      expectSame(index, model, `${count} keys`);
+    }
+  });
+
   it('remembers a computed MD5 only while the key holds the same bytes', () => {
     const index = new ObjectIndex();
     const original = new IndexEntry(1, 2, 3, undefined, undefined, 0, undefined);
