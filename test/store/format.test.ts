@@ -10,7 +10,7 @@ import { Readable } from 'node:stream';
 import { expect } from 'chai';
 import protobuf from 'protobufjs';
 import { openStore, type Store } from '../../src/lib/store/store.js';
-import { tempDir } from '../helpers/paths.js';
+import { copyFixture, readManifest, tempDir } from '../helpers/paths.js';
 import { blockFiles, copyStoreDir, dbFiles, md5hex, pseudoRandomBytes } from './util.js';
 
 /** The original's schema (kvhttp/zipkv), without zipkv's additions. */
@@ -182,6 +182,30 @@ describe('store: a cleanly closed directory is one the original reads', () => {
     const t = await openStore(crashed);
     await t.close();
     expectLive(await readAsOriginal(crashed), model);
+  });
+
+  it("after writing to a directory the original wrote (the basic fixture)", async () => {
+    const dir = await copyFixture('basic');
+    const manifest = await readManifest('basic');
+    const before = await readAsOriginal(dir);
+    expect(before.dbFile).to.equal('db0000000002');
+    const model = new Map<string, Buffer>([...before.live].map(([k, v]) => [k, v.bytes]));
+    expect(model.size).to.equal(Object.keys(manifest.live).length);
+    const s = await openStore(dir, { blockSize: 65536 });
+    const [first, second] = [...model.keys()].sort();
+    await s.delete(first!);
+    model.delete(first!);
+    await s.copy(second!, 'copied from the original');
+    model.set('copied from the original', model.get(second!)!);
+    const body = pseudoRandomBytes(100_000, 8);
+    await s.put('new and large', body);
+    model.set('new and large', body);
+    await s.close();
+    const after = await readAsOriginal(dir);
+    expect(after.dbFile).to.equal('db0000000003');
+    expect(after.db.nextBackendFile).to.equal(34); // one new block, holding the large object
+    expect(after.db.history).to.have.length(manifest.history.length + 3);
+    expectLive(after, model);
   });
 
   it('rotates the db slot (cur + 1) % 10 at each checkpoint, wrapping 9 -> 0', async () => {
