@@ -261,7 +261,9 @@ export class Store {
 
     const journal = await readJournal(this.dir);
     const journalFile = path.join(this.dir, JOURNAL_FILE);
-    if (journal && journal.baseRevision > this.revisionCount && journal.records.length > 0 && limit === Infinity) {
+    // Even an empty journal says how many records the db had when it was started: a db with
+    // fewer (cut short at a gzip member boundary, or replaced by an older one) lost writes.
+    if (journal && journal.baseRevision > this.revisionCount && limit === Infinity) {
       throw new StoreCorruptError(
         `${journalFile} continues revision ${journal.baseRevision}, but the db holds only ${this.revisionCount} records: ` +
           'the db is older than the journal (was a db file replaced or removed?)',
@@ -293,6 +295,9 @@ export class Store {
       if (journal.ignoredBytes > 0) {
         this.warn(`${journalFile}: ignored ${journal.ignoredBytes} bytes of a torn or damaged tail after revision ${this.revisionCount - 1}`);
       }
+    } else if (journal && journal.ignoredBytes > 0) {
+      // Journals are created whole (written aside, then renamed): a short header is damage.
+      this.warn(`${journalFile}: ignored ${journal.ignoredBytes} bytes, too short for a journal header (damaged?)`);
     }
 
     let maxExisting = -1;
