@@ -247,6 +247,47 @@ describe('store: crash safety', function () {
     }
   });
 
+  it("a flipped bit in the journal's base revision: refused naming the journal, never records silently skipped", async () => {
+    const dir = await tempDir('base');
+    const base = await tempDir('base-crashed');
+    const s = await openStore(dir, { checkpointBytes: 1 << 30, fsync: false });
+    for (let i = 0; i < 9; i++) await s.put(`folded${i}`, pseudoRandomBytes(50 + i, i));
+    await s.checkpoint(); // the journal now continues revision 9
+    for (let i = 0; i < 6; i++) await s.put(`journal${i}`, pseudoRandomBytes(60 + i, 100 + i));
+    await s.delete('folded0');
+    const expected = allKeys(s);
+    await copyStoreDir(dir, base);
+    await s.close();
+    const journal = await fs.readFile(path.join(base, JOURNAL));
+    expect(Number(journal.readBigUInt64LE(8))).to.equal(9);
+    const root = await tempDir('base-flips');
+    let refused = 0;
+    for (let at = 8; at < 16; at++) {
+      for (const mask of [1, 2, 4, 8, 16, 32, 64, 128, 0xff]) {
+        const work = path.join(root, `${at}-${mask}`);
+        await copyStoreDir(base, work);
+        const damaged = Buffer.from(journal);
+        damaged[at]! ^= mask;
+        await fs.writeFile(path.join(work, JOURNAL), damaged);
+        const snapshot = await snapshotDir(work);
+        const label = `byte ${at} ^ 0x${mask.toString(16)}`;
+        try {
+          const t = await openStore(work, { warn: () => undefined, fsync: false });
+          // Served: then it must be the whole state, nothing skipped.
+          expect(allKeys(t), label).to.deep.equal(expected);
+          await t.close();
+        } catch (err) {
+          expect(err, label).to.be.instanceOf(StoreCorruptError);
+          expect((err as Error).message, label).to.include(JOURNAL);
+          const after = await snapshotDir(work);
+          for (const [name, data] of snapshot) expect(after.get(name)?.equals(data), `${label}: ${name} untouched`).to.equal(true);
+          refused++;
+        }
+      }
+    }
+    expect(refused).to.equal(8 * 9);
+  });
+
   describe('a torn or damaged journal tail', () => {
     let base: string;
     let beforeState: Map<string, string | undefined>;

@@ -12,6 +12,13 @@ import type { PutFields } from './object-index.js';
 /** Decompressed bytes are handed over in pieces of this size; large enough to be cheap. */
 const READ_CHUNK = 1 << 20;
 
+/** Asks for copies of the encoded records `from` .. `from + count - 1` (as far as they exist). */
+export interface RecordCapture {
+  from: number;
+  count: number;
+  records: Buffer[];
+}
+
 export interface ReplayHandler {
   /** A put; `fields` is reused for the next record, so copy what must be kept. */
   put(rawKey: string, fields: PutFields, rev: number): void;
@@ -147,6 +154,7 @@ export class DbReplayer {
     private readonly where: string,
     private readonly handler: ReplayHandler,
     private readonly limit = Infinity,
+    private readonly capture?: RecordCapture,
   ) {}
 
   push(chunk: Buffer): void {
@@ -188,7 +196,13 @@ export class DbReplayer {
         if (len === INCOMPLETE || next.pos + len > buf.length) break;
         end = next.pos + len;
         if (field === 3) {
-          if (this.records < this.limit) record(inner, next.pos, end, this.fields, this.where, this.records, this.handler);
+          if (this.records < this.limit) {
+            record(inner, next.pos, end, this.fields, this.where, this.records, this.handler);
+            const capture = this.capture;
+            if (capture && this.records >= capture.from && this.records < capture.from + capture.count) {
+              capture.records.push(Buffer.from(buf.subarray(next.pos, end)));
+            }
+          }
           this.records++;
         }
       } else if (wireType === 0) {
@@ -231,8 +245,13 @@ export function replayDb(buf: Buffer, where: string, handler: ReplayHandler, lim
  * Replays a gzipped db file while it is being decompressed. Any valid gzip is accepted (one
  * member or several), as by `readDbFile`.
  */
-export async function replayDbFile(file: string, handler: ReplayHandler, limit = Infinity): Promise<{ nextBackendFile: number; records: number }> {
-  const replayer = new DbReplayer(file, handler, limit);
+export async function replayDbFile(
+  file: string,
+  handler: ReplayHandler,
+  limit = Infinity,
+  capture?: RecordCapture,
+): Promise<{ nextBackendFile: number; records: number }> {
+  const replayer = new DbReplayer(file, handler, limit, capture);
   const source = fs.createReadStream(file, { highWaterMark: READ_CHUNK });
   const gunzip = zlib.createGunzip({ chunkSize: READ_CHUNK });
   source.on('error', (err) => gunzip.destroy(err));

@@ -34,7 +34,7 @@ import {
   syncDir,
 } from './files.js';
 import { JournalWriter, readJournal } from './journal.js';
-import { replayDbFile } from './replay.js';
+import { type RecordCapture, replayDbFile } from './replay.js';
 import { DirectoryLock } from './lock.js';
 import { IndexEntry, ObjectIndex, fromRawKey, toRawKey } from './object-index.js';
 import {
@@ -227,6 +227,15 @@ export class Store {
       }
     };
 
+    // The journal is read first: the db records it repeats (a crash came between writing a db
+    // and starting a new journal) are kept aside while the db is replayed, to be compared.
+    const journal = await readJournal(this.dir);
+    const journalFile = path.join(this.dir, JOURNAL_FILE);
+    const overlap: RecordCapture | undefined =
+      journal && journal.baseRevision >= 0 && journal.records.length > 0
+        ? { from: journal.baseRevision, count: journal.records.length, records: [] }
+        : undefined;
+
     this.dbSlot = currentDbSlot(listing.dbSlots, this.dir);
     let dbNextBlock = 0;
     if (this.dbSlot !== undefined) {
@@ -250,6 +259,7 @@ export class Store {
             },
           },
           limit,
+          overlap,
         );
       } finally {
         index.endBulk();
@@ -259,8 +269,6 @@ export class Store {
       this.revisionCount = Math.min(records, limit);
     }
 
-    const journal = await readJournal(this.dir);
-    const journalFile = path.join(this.dir, JOURNAL_FILE);
     // Even an empty journal says how many records the db had when it was started: a db with
     // fewer (cut short at a gzip member boundary, or replaced by an older one) lost writes.
     if (journal && journal.baseRevision > this.revisionCount && limit === Infinity) {
@@ -272,9 +280,21 @@ export class Store {
     if (journal && journal.baseRevision >= 0) {
       let rev = journal.baseRevision;
       for (let i = 0; i < journal.records.length; i++, rev++) {
-        if (rev < this.revisionCount) continue; // already folded into the db
         if (rev >= limit) break;
         const payload = journal.records[i]!;
+        if (rev < this.revisionCount) {
+          // Already folded into the db, which must hold the same record there. If it does not,
+          // the journal's base revision is wrong (its header is damaged) or the db is: skipping
+          // records on its word would silently lose writes.
+          const folded = overlap!.records[rev - overlap!.from];
+          if (!folded || !folded.equals(payload)) {
+            throw new StoreCorruptError(
+              `${journalFile}: record ${i} is not revision ${rev} of the db, as the journal's base revision (${journal.baseRevision}) says: ` +
+                'the journal header or the db is damaged',
+            );
+          }
+          continue;
+        }
         let record: RawRecord;
         try {
           record = decodeRawRecord(payload, 0, payload.length, journalFile, rev);
