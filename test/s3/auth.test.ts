@@ -20,9 +20,10 @@ import { authenticate, type AuthInput, type AuthOptions, type AuthResult, type C
 import { canonicalizedResourceV2, signV2, stringToSignV2 } from '../../src/lib/s3/auth/signature-v2.js';
 import { canonicalQuery, canonicalUri, parseV4Authorization, uriEncode } from '../../src/lib/s3/auth/signature-v4.js';
 import { S3Error } from '../../src/lib/s3/errors.js';
-import { repoRoot } from '../helpers/paths.js';
+import { fixturesDir } from '../helpers/paths.js';
 
-const transcriptsDir = path.resolve(repoRoot, '../shared/s3ql-transcripts');
+// Recorded S3QL cycles, copied into the repository with the other fixtures.
+const transcriptsDir = path.join(fixturesDir, 's3ql-transcripts');
 
 /**
  * The secrets of the access keys in the transcripts. The README names testkey/testsecret, which
