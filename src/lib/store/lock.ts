@@ -81,9 +81,11 @@ async function breakStaleLock(file: string, staleContent: string | undefined): P
     await fs.link(mine, breakFile);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    // Someone else is breaking the lock right now, or died doing it long ago.
+    // Someone else is breaking the lock right now, or died doing it (its pid is gone, or long ago).
     const st = await fs.stat(breakFile).catch(() => undefined);
-    if (st && Date.now() - st.mtimeMs > STALE_BREAK_MS) await fs.rm(breakFile, { force: true });
+    const breaker = await readOwner(breakFile);
+    const dead = breaker.exists && breaker.pid !== undefined && !isAlive(breaker.pid);
+    if (st && (dead || Date.now() - st.mtimeMs > STALE_BREAK_MS)) await fs.rm(breakFile, { force: true });
     else await new Promise((resolve) => setTimeout(resolve, 20));
     return;
   } finally {
