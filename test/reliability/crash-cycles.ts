@@ -99,6 +99,8 @@ export interface CrashSummary {
   blocksCreated: number;
   /** Recovery warnings printed by the server at start-up (torn journal tails and the like). */
   recoveryWarnings: number;
+  /** Starts after a kill that failed (the store did not open): the run stops at the first. */
+  startFailures: number;
   finalRevision: number | undefined;
   finalObjects: number;
   /** The first problems found, described. */
@@ -556,6 +558,7 @@ export function newRunState(seed: number): RunState {
     killsMidCheckpoint: 0,
     blocksCreated: 0,
     recoveryWarnings: 0,
+    startFailures: 0,
     finalRevision: undefined,
     finalObjects: 0,
     problems: [],
@@ -629,7 +632,7 @@ export async function runCrashCycles(opts: CrashCycleOptions): Promise<CrashSumm
       server = await startZipkvServe(serveArgs(opts));
     } catch (err) {
       problem(run, `cycle ${cycle}: the server did not start after the kill: ${(err as Error).message}`);
-      summary.lost++; // a store that no longer opens loses everything
+      summary.startFailures++;
       break;
     }
     const startOutput = server.output();
@@ -661,7 +664,15 @@ export async function runCrashCycles(opts: CrashCycleOptions): Promise<CrashSumm
   }
 
   // Final restart: check everything, then a clean stop and the directory as the original reads it.
-  const server = await startZipkvServe(serveArgs(opts));
+  let server: RunningServer;
+  try {
+    server = await startZipkvServe(serveArgs(opts));
+  } catch (err) {
+    problem(run, `final start: the server did not start: ${(err as Error).message}`);
+    summary.startFailures++;
+    summary.elapsedMs = Date.now() - started;
+    return summary;
+  }
   summary.recoveryWarnings += countWarnings(server.output());
   await verifyAgainstModel(run, server.url, 'final start');
   const stopped = await server.stop('SIGTERM');
@@ -699,7 +710,7 @@ export function formatSummary(s: CrashSummary): string {
   return [
     `seed ${s.seed}: ${s.cycles} cycles in ${(s.elapsedMs / 1000).toFixed(1)} s`,
     `  acknowledged operations: ${s.acknowledged} (${kinds})`,
-    `  lost: ${s.lost}   corrupted: ${s.corrupted}   wrong reads during load: ${s.wrongReads}   unexpected replies: ${s.unexpected}`,
+    `  lost: ${s.lost}   corrupted: ${s.corrupted}   wrong reads during load: ${s.wrongReads}   unexpected replies: ${s.unexpected}   failed starts: ${s.startFailures}`,
     `  in flight at the kill: ${s.inFlightAtKill} (${s.inFlightLanded} landed, the rest did not)`,
     `  kills: timer ${s.kills.timer}, at a checkpoint ${s.kills.checkpoint}, at a roll-over ${s.kills.rollover}, during start-up recovery ${s.startupKills}; ` +
       `${s.killsMidCheckpoint} left a half-written checkpoint behind`,

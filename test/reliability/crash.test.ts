@@ -41,6 +41,7 @@ describe('reliability: kill -9 cycles of zipkv serve under load', function () {
     expect(summary.corrupted, detail).to.equal(0);
     expect(summary.wrongReads, detail).to.equal(0);
     expect(summary.unexpected, detail).to.equal(0);
+    expect(summary.startFailures, detail).to.equal(0);
     expect(summary.cycles, detail).to.be.at.least(Math.min(cycles, 10));
     expect(summary.acknowledged, detail).to.be.greaterThan(summary.cycles * 10);
     // The interesting moments were hit, not just hoped for.

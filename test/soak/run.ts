@@ -105,7 +105,7 @@ async function main(): Promise<void> {
 }
 
 function failed(s: CrashSummary): boolean {
-  return s.lost > 0 || s.corrupted > 0 || s.wrongReads > 0 || s.unexpected > 0 || s.problems.length > 0;
+  return s.lost > 0 || s.corrupted > 0 || s.wrongReads > 0 || s.unexpected > 0 || s.startFailures > 0 || s.problems.length > 0;
 }
 
 /** The sum of the generations' summaries. */
@@ -127,12 +127,13 @@ function combine(seed: number, parts: CrashSummary[], elapsedMs: number): CrashS
     killsMidCheckpoint: 0,
     blocksCreated: 0,
     recoveryWarnings: 0,
+    startFailures: 0,
     finalRevision: undefined,
     finalObjects: 0,
     problems: [],
   };
   for (const p of parts) {
-    for (const field of ['cycles', 'acknowledged', 'lost', 'corrupted', 'inFlightAtKill', 'inFlightLanded', 'unexpected', 'wrongReads', 'startupKills', 'killsMidCheckpoint', 'blocksCreated', 'recoveryWarnings', 'finalObjects'] as const) {
+    for (const field of ['cycles', 'acknowledged', 'lost', 'corrupted', 'inFlightAtKill', 'inFlightLanded', 'unexpected', 'wrongReads', 'startupKills', 'killsMidCheckpoint', 'blocksCreated', 'recoveryWarnings', 'startFailures', 'finalObjects'] as const) {
       total[field] += p[field];
     }
     for (const [kind, n] of Object.entries(p.acknowledgedByKind)) total.acknowledgedByKind[kind] = (total.acknowledgedByKind[kind] ?? 0) + n;
