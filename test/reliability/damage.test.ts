@@ -370,8 +370,8 @@ describe('reliability: torn and damaged files (server level)', function () {
     expect(failures, failures.join('\n')).to.deep.equal([]);
   });
 
-  // Known to fail: a flip that lowers the base revision makes the first records look already
-  // folded into the db, and they are dropped without a word (the header has no checksum).
+  // A flip that lowers the base revision makes the first records look already folded into the
+  // db (the header has no checksum): recovery must compare them with the db, not skip them.
   it('a bit flipped in the journal\'s base revision (bytes 8..15): a refusal naming the journal, never records silently skipped', async () => {
     const cases: Array<() => Promise<string | undefined>> = [];
     for (let at = 8; at < 16; at++) {
