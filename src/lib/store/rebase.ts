@@ -383,7 +383,7 @@ async function copyLiveObjects(
         const where = `${entry.block}:${entry.offset}:${entry.size}`;
         const holder = entry.size > 0 ? written.get(where) : undefined;
         if (holder !== undefined) {
-          await dest.copy(holder, info.key, info.metadata);
+          await dest.copy(holder, info.key, info.metadata, info.lastModified.getTime());
           sharedObjects++;
         } else {
           try {
@@ -391,6 +391,7 @@ async function copyLiveObjects(
               size: info.size,
               metadata: info.metadata,
               etag: entry.etag,
+              modifiedMs: info.lastModified.getTime(),
               // Bytes that no longer match the MD5 stored with them are not copied silently.
               expectedMd5: entry.md5 ? Buffer.from(entry.md5, 'hex') : undefined,
             });

@@ -217,7 +217,12 @@ function decodeLocation(buf: Uint8Array, start: number, end: number): Location {
       case 3: location.size = reader.sint32(); break;
       case 4: location.metadata = reader.bytes(); break;
       case 5: location.md5 = reader.bytes(); break;
-      case 6: location.modifiedMs = Number(reader.sint64()); break;
+      case 6: {
+        // protobufjs returns a Long when long.js is present; Number() on it goes through a string.
+        const ms = reader.sint64() as unknown as number | { toNumber(): number };
+        location.modifiedMs = typeof ms === 'number' ? ms : ms.toNumber();
+        break;
+      }
       case 7: location.etag = reader.string(); break;
       default: reader.skipType(tag & 7);
     }

@@ -21,6 +21,7 @@ import {
   DigestMismatchError,
   ObjectTooLargeError,
   StoreCorruptError,
+  StoreError,
   StoreStateError,
 } from './errors.js';
 import {
@@ -71,6 +72,8 @@ export interface PutOptions {
   expectedMd5?: Buffer;
   /** ETag to record instead of the hex MD5 (multipart uploads). */
   etag?: string;
+  /** Write time to record instead of now (rebase --into keeps the original's). */
+  modifiedMs?: number;
 }
 
 /** What a client sees of an object. */
@@ -238,6 +241,7 @@ export class Store {
 
     this.dbSlot = currentDbSlot(listing.dbSlots, this.dir);
     let dbNextBlock = 0;
+    let dbRecords = 0;
     if (this.dbSlot !== undefined) {
       const file = path.join(this.dir, dbFileName(this.dbSlot));
       this.dbCompressedSize = (await fsp.stat(file)).size;
@@ -266,12 +270,13 @@ export class Store {
       }
       const { nextBackendFile, records } = replayed;
       dbNextBlock = nextBackendFile;
+      dbRecords = records;
       this.revisionCount = Math.min(records, limit);
     }
 
     // Even an empty journal says how many records the db had when it was started: a db with
     // fewer (cut short at a gzip member boundary, or replaced by an older one) lost writes.
-    if (journal && journal.baseRevision > this.revisionCount && limit === Infinity) {
+    if (journal && journal.baseRevision > dbRecords) {
       throw new StoreCorruptError(
         `${journalFile} continues revision ${journal.baseRevision}, but the db holds only ${this.revisionCount} records: ` +
           'the db is older than the journal (was a db file replaced or removed?)',
@@ -318,6 +323,10 @@ export class Store {
     } else if (journal && journal.ignoredBytes > 0) {
       // Journals are created whole (written aside, then renamed): a short header is damage.
       this.warn(`${journalFile}: ignored ${journal.ignoredBytes} bytes, too short for a journal header (damaged?)`);
+    }
+
+    if (revision !== undefined && revision >= this.revisionCount) {
+      throw new StoreError('ERANGE', `${this.dir}: revision ${revision} does not exist (the history has ${this.revisionCount} records, 0..${this.revisionCount - 1})`);
     }
 
     let maxExisting = -1;
@@ -466,7 +475,7 @@ export class Store {
         size,
         metadata: encodeMetadata(opts.metadata ?? {}),
         md5,
-        modifiedMs: Date.now(),
+        modifiedMs: opts.modifiedMs ?? Date.now(),
         etag: opts.etag,
       };
       const raw = toRawKey(key);
@@ -480,7 +489,7 @@ export class Store {
   }
 
   /** A copy: a new record pointing at the source's bytes, with its own metadata. */
-  async copy(sourceKey: string, key: string, metadata?: Record<string, string>): Promise<ObjectInfo | undefined> {
+  async copy(sourceKey: string, key: string, metadata?: Record<string, string>, modifiedMs?: number): Promise<ObjectInfo | undefined> {
     this.assertWritable();
     const source = this.index.get(toRawKey(sourceKey));
     if (!source) return undefined;
@@ -492,7 +501,7 @@ export class Store {
         size: source.size,
         metadata: metadata ? encodeMetadata(metadata) : source.metadataBytes(),
         md5: source.md5 ? Buffer.from(source.md5, 'hex') : undefined,
-        modifiedMs: Date.now(),
+        modifiedMs: modifiedMs ?? Date.now(),
         etag: source.etag,
       };
       const entry = IndexEntry.fromLocation(location);
