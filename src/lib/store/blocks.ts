@@ -37,6 +37,29 @@ export class OpenBlock {
     }
   }
 
+  /** Writes `buffers` back to back from `position`, as few system calls as the kernel allows. */
+  async writev(buffers: Uint8Array[], position: number): Promise<void> {
+    const handle = await this.ready;
+    let total = 0;
+    for (const b of buffers) total += b.length;
+    const { bytesWritten } = await handle.writev(buffers, position);
+    if (bytesWritten < total) {
+      // A short write (rare on files): finish the rest one buffer at a time.
+      let skip = bytesWritten;
+      let at = position + bytesWritten;
+      for (const b of buffers) {
+        if (skip >= b.length) {
+          skip -= b.length;
+          continue;
+        }
+        const rest = b.subarray(skip);
+        skip = 0;
+        await this.write(rest, at);
+        at += rest.length;
+      }
+    }
+  }
+
   async datasync(): Promise<void> {
     await (await this.ready).datasync();
   }
