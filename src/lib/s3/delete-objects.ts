@@ -16,7 +16,11 @@ export async function deleteObjects(ctx: RequestContext): Promise<void> {
   if (header(ctx, 'content-md5') !== undefined) {
     if (createHash('md5').update(body).digest('base64') !== header(ctx, 'content-md5')!.trim()) throw s3Error('BadDigest');
   }
-  const root = parseXml(body.toString('utf8')).Delete as Record<string, unknown> | undefined;
+  const text = body.toString('utf8');
+  // Count before parsing: a body of tens of thousands of entries would hold the event loop
+  // for a second only to be refused.
+  if ((text.match(/<(?:\w+:)?Object[\s>]/g)?.length ?? 0) > MAX_OBJECTS) throw s3Error('MalformedXML', `At most ${MAX_OBJECTS} keys can be deleted at once.`);
+  const root = parseXml(text).Delete as Record<string, unknown> | undefined;
   if (!root || typeof root !== 'object') throw s3Error('MalformedXML');
   const objects = (root.Object as unknown[] | undefined) ?? [];
   if (objects.length === 0 || objects.length > MAX_OBJECTS) throw s3Error('MalformedXML');

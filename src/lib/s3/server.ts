@@ -136,7 +136,7 @@ export class S3Server {
     if (res.statusCode >= 400) this.counters.errors++;
     if (this.options.log) {
       const ms = (performance.now() - started).toFixed(1);
-      const status = res.writableFinished ? String(res.statusCode) : `${res.statusCode}(aborted)`;
+      const status = res.writableFinished ? String(res.statusCode) : res.headersSent ? `${res.statusCode}(cut off)` : 'aborted(no reply)';
       this.options.log(`${req.method} /${ctx.bucket ?? ''}${ctx.key !== undefined ? `/${ctx.key}` : ''} ${status} ${req.method === 'GET' ? bytesOut : bytesIn}B ${ms}ms`);
     }
     if (--this.inFlight === 0 && this.drained) {

@@ -146,7 +146,7 @@ export class BlockWriter {
   }
 }
 
-const READ_CHUNK = 1024 * 1024;
+const READ_CHUNK = 256 * 1024;
 const MAX_CACHED_HANDLES = 128;
 
 interface CachedHandle {
