@@ -1,35 +1,11 @@
-import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import { expect } from 'chai';
+import { zipkv, unwrap } from '../helpers/cli.js';
 import { type HistoryRecord, encodeDb } from '../../src/lib/store/schema.js';
 import { openStore } from '../../src/lib/store/store.js';
-import { copyFixture, readHistoryTxt, readManifest, tempDir, zipkvBin } from '../helpers/paths.js';
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs the built binary as a user would, stdout and stderr piped. */
-async function zipkv(...args: string[]): Promise<Run> {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [zipkvBin, ...args], { maxBuffer: 256 * 1024 * 1024 });
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const failed = err as { code?: unknown; stdout?: string; stderr?: string };
-    if (typeof failed.code !== 'number') throw err;
-    return { code: failed.code, stdout: failed.stdout ?? '', stderr: failed.stderr ?? '' };
-  }
-}
-
-/** oclif wraps error messages to the terminal width; joined again, paths can be matched whole. */
-function unwrap(text: string): string {
-  return text.replace(/\n ›   /g, '');
-}
+import { copyFixture, readHistoryTxt, readManifest, tempDir } from '../helpers/paths.js';
 
 function jsonLines(text: string): Array<Record<string, unknown>> {
   return text.split('\n').filter(Boolean).map((line) => JSON.parse(line) as Record<string, unknown>);

@@ -4,34 +4,12 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
+import { zipkv, unwrap } from '../helpers/cli.js';
 import { readDbFile } from '../../src/lib/store/db-file.js';
 import { listStoreDir } from '../../src/lib/store/files.js';
 import { scanDb } from '../../src/lib/store/schema.js';
 import { type Store, openStore } from '../../src/lib/store/store.js';
-import { type ManifestLive, copyFixture, fixturesDir, readHistoryTxt, readManifest, tempDir, zipkvBin } from '../helpers/paths.js';
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs the built binary as a user would, stdout and stderr piped. */
-async function zipkv(...args: string[]): Promise<Run> {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [zipkvBin, ...args], { maxBuffer: 64 * 1024 * 1024 });
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const failed = err as { code?: unknown; stdout?: string; stderr?: string };
-    if (typeof failed.code !== 'number') throw err;
-    return { code: failed.code, stdout: failed.stdout ?? '', stderr: failed.stderr ?? '' };
-  }
-}
-
-/** oclif wraps error messages to the terminal width; joined again, paths can be matched whole. */
-function unwrap(text: string): string {
-  return text.replace(/\n ›   /g, '');
-}
+import { type ManifestLive, copyFixture, fixturesDir, readHistoryTxt, readManifest, tempDir } from '../helpers/paths.js';
 
 /** Name -> sha256 of every file in a directory, to show that nothing was written. */
 async function fingerprint(dir: string): Promise<Record<string, string>> {

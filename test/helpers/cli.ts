@@ -72,3 +72,13 @@ export function startZipkvServe(args: string[], opts: { cwd?: string; env?: Node
     });
   });
 }
+
+/** `zipkv ...args` to completion: shorthand for tests that run many commands. */
+export function zipkv(...args: string[]): Promise<RunResult> {
+  return runZipkv(args);
+}
+
+/** oclif wraps error messages to the terminal width; joined again, paths can be matched whole. */
+export function unwrap(text: string): string {
+  return text.replace(/\n ›   /g, '');
+}
