@@ -59,15 +59,6 @@ function putWithContinue(port: number, key: string, body: Buffer, headers: Recor
   });
 }
 
-/** Waits until `check` holds (the server finishes a broken request after the client is gone). */
-async function eventually(check: () => boolean, ms = 2000): Promise<void> {
-  const until = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > until) throw new Error('condition not reached');
-    await sleep(10);
-  }
-}
-
 describe('s3: raw HTTP (what SDKs do not send)', () => {
   let t: TestServer;
   before(async () => {

@@ -147,6 +147,7 @@ describe('store: basic operations', () => {
     const before = (await blockFiles(dir)).length;
     const copied = await s.copy('src', 'dst', { 'X-Amz-Meta-Who': 'dst' });
     const kept = await s.copy('src', 'dst-same-meta');
+    expect(kept!.metadata).to.deep.equal({ 'X-Amz-Meta-Who': 'src' }); // COPY keeps the source's metadata
     expect(await s.copy('missing', 'x')).to.equal(undefined);
     expect(await s.delete('victim')).to.equal(true);
     expect(copied!.etag).to.equal(md5hex(Buffer.from('source bytes')));
