@@ -718,13 +718,16 @@ function clampRange(size: number, start: number, end: number): [number, number] 
   return to < from ? [from, 0] : [from, to - from + 1];
 }
 
-/** Reads a small body whole, hashing it; the byte count must match exactly. */
-async function readBody(body: Readable | Uint8Array, size: number, hash: ReturnType<typeof createHash>): Promise<Buffer[]> {
+/**
+ * The chunks of a body, hashed on the way; exactly `size` bytes or BodySizeMismatchError (a
+ * body running long is cut off at once, so it never reaches past its reservation).
+ */
+async function* checkedChunks(body: Readable | Uint8Array, size: number, hash: ReturnType<typeof createHash>): AsyncGenerator<Buffer> {
   if (body instanceof Uint8Array) {
     hash.update(body);
-    return [Buffer.from(body.buffer, body.byteOffset, body.byteLength)];
+    yield Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+    return;
   }
-  const chunks: Buffer[] = [];
   let received = 0;
   for await (const chunk of body as AsyncIterable<Buffer>) {
     received += chunk.length;
@@ -733,25 +736,25 @@ async function readBody(body: Readable | Uint8Array, size: number, hash: ReturnT
       throw new BodySizeMismatchError(size, received);
     }
     hash.update(chunk);
-    chunks.push(chunk);
+    yield chunk;
   }
   if (received !== size) throw new BodySizeMismatchError(size, received);
+}
+
+/** Reads a small body whole (it is written by its commit). */
+async function readBody(body: Readable | Uint8Array, size: number, hash: ReturnType<typeof createHash>): Promise<Buffer[]> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of checkedChunks(body, size, hash)) chunks.push(chunk);
   return chunks;
 }
 
 /**
- * Streams a large body into its reservation, hashing it; the byte count must match exactly.
- * Chunks are gathered into pieces of about WRITE_PIECE bytes, and one piece is written while
- * the next is received, so the socket and the disk work at the same time with bounded memory.
+ * Streams a large body into its reservation. Chunks are gathered into pieces of about
+ * WRITE_PIECE bytes, and one piece is written while the next is received, so the socket and
+ * the disk work at the same time with bounded memory.
  */
 async function writeBody(reservation: Reservation, body: Readable | Uint8Array, hash: ReturnType<typeof createHash>): Promise<void> {
   const { block, offset, size } = reservation;
-  if (body instanceof Uint8Array) {
-    hash.update(body);
-    await block.write(body, offset);
-    return;
-  }
-  let received = 0;
   let piece: Buffer[] = [];
   let pieceBytes = 0;
   let pieceAt = offset;
@@ -764,20 +767,13 @@ async function writeBody(reservation: Reservation, body: Readable | Uint8Array, 
     piece = [];
     pieceBytes = 0;
   };
-  for await (const chunk of body as AsyncIterable<Buffer>) {
-    received += chunk.length;
-    if (received > size) {
-      body.destroy();
-      throw new BodySizeMismatchError(size, received);
-    }
-    hash.update(chunk);
+  for await (const chunk of checkedChunks(body, size, hash)) {
     piece.push(chunk);
     pieceBytes += chunk.length;
     if (pieceBytes >= WRITE_PIECE) await flush();
   }
   if (pieceBytes > 0) await flush();
   await writing;
-  if (received !== size) throw new BodySizeMismatchError(size, received);
 }
 
 /** Writes the held small bodies of a batch: one writev per run of adjacent reservations. */
