@@ -540,8 +540,9 @@ async function killDuringStartup(opts: CrashCycleOptions, rng: Prng): Promise<{ 
 
 // ------------------------------------------------------------------ the run
 
-export function newRunState(seed: number): RunState {
-  const summary: CrashSummary = {
+/** A summary with nothing counted yet. */
+export function emptySummary(seed: number): CrashSummary {
+  return {
     seed,
     cycles: 0,
     elapsedMs: 0,
@@ -563,6 +564,10 @@ export function newRunState(seed: number): RunState {
     finalObjects: 0,
     problems: [],
   };
+}
+
+export function newRunState(seed: number): RunState {
+  const summary = emptySummary(seed);
   return { model: new Map(), known: new Map(), pending: [], summary };
 }
 

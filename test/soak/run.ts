@@ -23,7 +23,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { type CrashSummary, formatSummary, runCrashCycles } from '../reliability/crash-cycles.js';
+import { type CrashSummary, emptySummary, formatSummary, runCrashCycles } from '../reliability/crash-cycles.js';
 import { seedFromEnv } from '../reliability/util.js';
 
 function positiveInt(name: string, value: string | undefined, fallback: number): number {
@@ -110,28 +110,7 @@ function failed(s: CrashSummary): boolean {
 
 /** The sum of the generations' summaries. */
 function combine(seed: number, parts: CrashSummary[], elapsedMs: number): CrashSummary {
-  const total: CrashSummary = {
-    seed,
-    cycles: 0,
-    elapsedMs,
-    acknowledged: 0,
-    acknowledgedByKind: {},
-    lost: 0,
-    corrupted: 0,
-    inFlightAtKill: 0,
-    inFlightLanded: 0,
-    unexpected: 0,
-    wrongReads: 0,
-    kills: { timer: 0, checkpoint: 0, rollover: 0 },
-    startupKills: 0,
-    killsMidCheckpoint: 0,
-    blocksCreated: 0,
-    recoveryWarnings: 0,
-    startFailures: 0,
-    finalRevision: undefined,
-    finalObjects: 0,
-    problems: [],
-  };
+  const total: CrashSummary = { ...emptySummary(seed), elapsedMs };
   for (const p of parts) {
     for (const field of ['cycles', 'acknowledged', 'lost', 'corrupted', 'inFlightAtKill', 'inFlightLanded', 'unexpected', 'wrongReads', 'startupKills', 'killsMidCheckpoint', 'blocksCreated', 'recoveryWarnings', 'startFailures', 'finalObjects'] as const) {
       total[field] += p[field];
