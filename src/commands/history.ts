@@ -14,7 +14,7 @@ import {
   renderPairs,
 } from '../lib/cli/output.js';
 import type { Location } from '../lib/store/schema.js';
-import { type HistoryEntry, type HistoryOptions, type StoreSnapshot, describeRevision, historyEntries, readSnapshot } from '../lib/store/history.js';
+import { type HistoryEntry, type HistoryOptions, type StoreSnapshot, closeSnapshot, describeRevision, historyEntries, readSnapshot } from '../lib/store/history.js';
 import { storeUsage } from '../lib/store/stats.js';
 
 const FILTERS = ['key', 'prefix', 'from', 'to', 'tail', 'op'];
@@ -62,17 +62,21 @@ The store is read without the lock and never written, so this works on a directo
       const snapshot = await readSnapshot(dir);
       for (const warning of snapshot.warnings) this.logToStderr(`warning: ${warning}`);
       if (snapshot.total === 0) this.logToStderr(`${dir}: no history yet (an empty store)`);
-      if (flags.rev !== undefined) return this.printRevision(snapshot, flags.rev, format);
-      if (flags.stats) return this.printStats(snapshot, format);
-      const filter = { key: flags.key, prefix: flags.prefix, from: flags.from, to: flags.to, tail: flags.tail, op: flags.op };
-      await printHistory(snapshot, filter, format, flags.long === true);
+      try {
+        if (flags.rev !== undefined) return await this.printRevision(snapshot, flags.rev, format);
+        if (flags.stats) return await this.printStats(snapshot, format);
+        const filter = { key: flags.key, prefix: flags.prefix, from: flags.from, to: flags.to, tail: flags.tail, op: flags.op };
+        await printHistory(snapshot, filter, format, flags.long === true);
+      } finally {
+        await closeSnapshot(snapshot);
+      }
     } catch (err) {
       failOnUserError(this, err);
     }
   }
 
-  private printRevision(snapshot: StoreSnapshot, rev: number, format: OutputFormat): void {
-    const detail = describeRevision(snapshot, rev);
+  private async printRevision(snapshot: StoreSnapshot, rev: number, format: OutputFormat): Promise<void> {
+    const detail = await describeRevision(snapshot, rev);
     if (format === 'json') {
       const extra = { etag: detail.etag ?? null, copyOf: detail.copyOf ?? null, lastRevOfKey: detail.lastRevOfKey, metadata: detail.metadata };
       this.log(JSON.stringify({ ...JSON.parse(entryJson(detail)), ...extra }));
@@ -95,8 +99,8 @@ The store is read without the lock and never written, so this works on a directo
     else this.log(renderPairs(pairs, colorsFor()));
   }
 
-  private printStats(snapshot: StoreSnapshot, format: OutputFormat): void {
-    const usage = storeUsage(snapshot);
+  private async printStats(snapshot: StoreSnapshot, format: OutputFormat): Promise<void> {
+    const usage = await storeUsage(snapshot);
     const pairs: Array<[string, number]> = [
       ['revisions', usage.revisions],
       ['puts', usage.records.put],
@@ -139,7 +143,7 @@ async function printHistory(snapshot: StoreSnapshot, filter: HistoryOptions, for
     line = (e) => table.row(tableRow(e, colors));
     end = () => table.end();
   }
-  for (const entry of entries) {
+  for await (const entry of entries) {
     if (sink.closed) break;
     const wait = line(entry);
     if (wait) await wait;

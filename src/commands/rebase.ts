@@ -79,7 +79,7 @@ function describeInPlace(s: RebaseSummary, colors: ChalkInstance): string {
   lines.push(...describeChanges(s.dryRun ? 'would change' : 'change', '(back to their version at the revision)', s.change));
   lines.push(
     `Live objects: ${s.liveObjectsBefore} (${formatBytes(s.liveBytesBefore)}) -> ${s.liveObjectsAfter} (${formatBytes(s.liveBytesAfter)}). ` +
-      `next_backend_file: ${s.nextBackendFile}.`,
+      `next_backend_file: ${s.nextBlockId}.`,
   );
   if (s.done) {
     lines.push(`New db: ${s.done.newDb}`);

@@ -1,7 +1,8 @@
 import { Command, Flags } from '@oclif/core';
 import { DEFAULT_BLOCK_SIZE, MAX_OBJECT_SIZE } from '../lib/store/files.js';
 import { StoreError } from '../lib/store/errors.js';
-import { serve } from '../lib/cli/serve.js';
+import { parseDuration, serve } from '../lib/cli/serve.js';
+import { DEFAULT_MAX_UPLOADS } from '../lib/s3/uploads.js';
 
 export default class Serve extends Command {
   static override description = `Serve a store directory over the S3 API.
@@ -23,6 +24,10 @@ Objects are packed into block files of at most the block size; every acknowledge
     'secret-key': Flags.string({ description: 'the secret key that goes with --access-key', env: 'ZIPKV_SECRET_KEY', dependsOn: ['access-key'] }),
     'no-fsync': Flags.boolean({ description: 'do not fsync before replying (fast, NOT durable: for benchmarks and throwaway data)', default: false }),
     'idle-timeout': Flags.integer({ description: 'seconds a connection may stay idle (no bytes either way) before it is closed', default: 60, min: 1 }),
+    'upload-expiry': Flags.string({
+      description: `how long a multipart upload may stay open: one neither completed nor aborted is then dropped and its parts deleted; seconds (3600) or a number with a unit s, m, h or d (45s, 30m, 12h, 7d). At most ${DEFAULT_MAX_UPLOADS} uploads may be open at once; one more is refused (503) until one ends`,
+      default: '7d',
+    }),
     quiet: Flags.boolean({ char: 'q', description: 'no log line per request', default: false }),
     // For fault-injection tests only: checkpoints every few KB of journal instead of every 8 MiB,
     // so that a kill is likely to land in the middle of one. Not for production use.
@@ -34,6 +39,7 @@ Objects are packed into block files of at most the block size; every acknowledge
     const accessKey = flags['access-key'];
     const secretKey = flags['secret-key'];
     try {
+      const uploadExpiryMs = parseDuration(flags['upload-expiry'], '--upload-expiry');
       await serve({
         dir: flags.dir,
         addr: flags.addr,
@@ -43,6 +49,7 @@ Objects are packed into block files of at most the block size; every acknowledge
         quiet: flags.quiet,
         credentials: accessKey && secretKey ? { accessKey, secretKey } : undefined,
         idleTimeoutMs: flags['idle-timeout'] * 1000,
+        uploadExpiryMs,
         checkpointBytes: flags['checkpoint-bytes'],
         out: (line) => process.stdout.write(`${line}\n`),
         warn: (line) => process.stderr.write(`${line}\n`),

@@ -2,7 +2,7 @@ import { Command, Flags } from '@oclif/core';
 import { dirArg, dirFlag, resolveDir } from '../lib/cli/dir-arg.js';
 import { chooseFormat, colorsFor, failOnUserError, formatBytes, renderTable } from '../lib/cli/output.js';
 import { blockFileName } from '../lib/store/files.js';
-import { readSnapshot } from '../lib/store/history.js';
+import { closeSnapshot, readSnapshot } from '../lib/store/history.js';
 import { type BlockUsage, storeUsage } from '../lib/store/stats.js';
 
 export default class Stats extends Command {
@@ -26,7 +26,12 @@ export default class Stats extends Command {
     try {
       const snapshot = await readSnapshot(dir);
       for (const warning of snapshot.warnings) this.logToStderr(`warning: ${warning}`);
-      const usage = storeUsage(snapshot);
+      let usage;
+      try {
+        usage = await storeUsage(snapshot);
+      } finally {
+        await closeSnapshot(snapshot);
+      }
       if (format === 'json') {
         this.log(JSON.stringify(usage));
         return;

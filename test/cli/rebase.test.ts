@@ -5,10 +5,10 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
 import { zipkv, unwrap } from '../helpers/cli.js';
-import { readDbFile } from '../../src/lib/store/db-file.js';
-import { listStoreDir } from '../../src/lib/store/files.js';
-import { scanDb } from '../../src/lib/store/schema.js';
+import { listStore } from '../../src/lib/store/files.js';
+import { LocalStorage } from '../../src/lib/store/storage/local.js';
 import { type Store, openStore } from '../../src/lib/store/store.js';
+import { readDbSummary } from '../helpers/reference-db.js';
 import { type ManifestLive, copyFixture, fixturesDir, readHistoryTxt, readManifest, tempDir } from '../helpers/paths.js';
 
 /** Name -> sha256 of every file in a directory, to show that nothing was written. */
@@ -52,7 +52,7 @@ async function expectLiveSet(dir: string, live: Record<string, ManifestLive>): P
 }
 
 async function dbSlots(dir: string): Promise<number[]> {
-  return (await listStoreDir(dir)).dbSlots;
+  return (await listStore(new LocalStorage(dir))).dbSlots;
 }
 
 describe('cli: zipkv rebase', function () {
@@ -67,10 +67,9 @@ describe('cli: zipkv rebase', function () {
 
     // The original's rules: one db slot, the next one, and next_backend_file never lower.
     expect(await dbSlots(dir)).to.deep.equal([3]);
-    const db = await readDbFile(path.join(dir, 'db0000000003'));
-    const { nextBackendFile, records } = scanDb(db, 'db', () => undefined, 0);
+    const { nextBlockId, records } = await readDbSummary(path.join(dir, 'db0000000003'));
     expect(records).to.equal(121);
-    expect(nextBackendFile).to.equal(basic.db_next_backend_file);
+    expect(nextBlockId).to.equal(basic.db_next_backend_file);
 
     // The replaced db is kept, byte for byte, under the name printed.
     const backup = /kept as (\S+)/.exec(run.stdout)?.[1];
@@ -129,8 +128,8 @@ describe('cli: zipkv rebase', function () {
     expect(run.code, run.stderr).to.equal(0);
     expect(await fingerprint(src)).to.deep.equal(before);
     await expectLiveSet(dst, (await readManifest('basic')).live);
-    const blocks = (await listStoreDir(dst)).blocks.size;
-    expect(blocks).to.be.greaterThan(0).and.lessThan((await listStoreDir(src)).blocks.size);
+    const blocks = (await listStore(new LocalStorage(dst))).blocks.size;
+    expect(blocks).to.be.greaterThan(0).and.lessThan((await listStore(new LocalStorage(src))).blocks.size);
     expect(await dbSlots(dst)).to.have.length(1);
 
     // A destination that already holds a store is refused, and left as it was.
@@ -146,7 +145,7 @@ describe('cli: zipkv rebase', function () {
     const run = await zipkv('rebase', '-dir', await copyFixture('basic'), '-into', dst, '-to', '120', '-bs', '65536');
     expect(run.code, run.stderr).to.equal(0);
     await expectLiveSet(dst, (await readManifest('rebase-120')).live);
-    const listing = await listStoreDir(dst);
+    const listing = await listStore(new LocalStorage(dst));
     for (const name of listing.blocks.values()) expect((await fs.stat(path.join(dst, name))).size).to.be.at.most(65536);
     expect(listing.blocks.size).to.be.greaterThan(1);
   });
@@ -205,13 +204,15 @@ describe('cli: zipkv rebase', function () {
     const run = await zipkv('rebase', dir, '--to', '0');
     expect(run.code, run.stderr).to.equal(0);
     expect(run.stdout).to.contain('zipkv-journal-before-rebase-');
-    expect(await dbSlots(dir)).to.deep.equal([1]);
-    const { nextBackendFile } = scanDb(await readDbFile(path.join(dir, 'db0000000001')), 'db', () => undefined, 0);
-    expect(nextBackendFile).to.equal(2); // past block1, which only a dropped record used
+    // The journal's records were first folded into a db of their own (slot 1), so that no step
+    // of the rebase could lose them; the rebased db then took the next slot.
+    expect(await dbSlots(dir)).to.deep.equal([2]);
+    const { nextBlockId } = await readDbSummary(path.join(dir, 'db0000000002'));
+    expect(nextBlockId).to.equal(2); // past block1, which only a dropped record used
 
     const after = await openStore(dir, { fsync: false });
     try {
-      expect(after.revision).to.equal(1);
+      expect(after.revision).to.equal(0);
       expect(allKeys(after)).to.deep.equal(['a']);
       await after.put('c', Buffer.from('x'));
       expect(after.head('c')!.entry.block).to.equal(2);

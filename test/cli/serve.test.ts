@@ -3,8 +3,9 @@ import path from 'node:path';
 import { GetObjectCommand, PutObjectCommand, DeleteObjectCommand, CopyObjectCommand } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
 import { openStore } from '../../src/lib/store/store.js';
-import { decodeDbReflect } from '../../src/lib/store/schema.js';
-import { runZipkv, startZipkvServe } from '../helpers/cli.js';
+import { decodeDbReflect } from '../helpers/reference-db.js';
+import { parseDuration } from '../../src/lib/cli/serve.js';
+import { runZipkv, startZipkvServe, unwrap } from '../helpers/cli.js';
 import { tempDir } from '../helpers/paths.js';
 import { bodyBytes, clientFor } from '../helpers/server.js';
 import { gunzipSync } from 'node:zlib';
@@ -82,9 +83,30 @@ describe('cli: zipkv serve', () => {
   it('--help lists every option', async () => {
     const help = await runZipkv(['serve', '--help']);
     expect(help.code).to.equal(0);
-    for (const flag of ['--dir', '--addr', '--bs', '--bucket', '--access-key', '--secret-key', '--no-fsync', '--idle-timeout', '--quiet']) {
+    for (const flag of ['--dir', '--addr', '--bs', '--bucket', '--access-key', '--secret-key', '--no-fsync', '--idle-timeout', '--upload-expiry', '--quiet']) {
       expect(help.stdout).to.include(flag);
     }
+  });
+
+  it('--upload-expiry takes seconds or 45s, 30m, 12h, 7d, and refuses anything else with a clear message', async () => {
+    const s = 1000;
+    expect(parseDuration('3600', '--upload-expiry')).to.equal(3600 * s);
+    expect(parseDuration('45s', '--upload-expiry')).to.equal(45 * s);
+    expect(parseDuration('30m', '--upload-expiry')).to.equal(30 * 60 * s);
+    expect(parseDuration('12h', '--upload-expiry')).to.equal(12 * 3600 * s);
+    expect(parseDuration('7d', '--upload-expiry')).to.equal(7 * 86400 * s);
+    for (const bad of ['', '0', '0d', '-5', '1.5h', '7w', '7 d', 'd', 'soon', '99999999999999999d']) {
+      expect(() => parseDuration(bad, '--upload-expiry'), JSON.stringify(bad)).to.throw(/^--upload-expiry must be a duration/);
+    }
+
+    const dir = path.join(await tempDir('serve'), 'd');
+    const refused = await runZipkv(['serve', '-dir', dir, '-addr', '127.0.0.1:0', '-upload-expiry', '7w']);
+    expect(refused.code).to.equal(2);
+    expect(unwrap(refused.stderr)).to.include('--upload-expiry must be a duration of at least one second').and.include('not "7w"');
+    expect(await fs.stat(dir).then(() => true, () => false)).to.equal(false); // refused before the store is opened
+
+    const server = await startZipkvServe(['-dir', dir, '-addr', '127.0.0.1:0', '--upload-expiry', '12h', '--quiet']);
+    expect((await server.stop()).code).to.equal(0);
   });
 
   it('warns loudly when bound beyond loopback without credentials', async () => {

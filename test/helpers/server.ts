@@ -22,6 +22,9 @@ export interface TestServerOptions extends OpenOptions {
   credentials?: Credentials;
   dir?: string;
   idleTimeoutMs?: number;
+  /** Multipart uploads: how long one may stay open, and how many at once (S3Server options). */
+  uploadExpiryMs?: number;
+  maxUploads?: number;
 }
 
 export const TEST_CREDENTIALS: Credentials = { accessKey: 'testkey', secretKey: 'testsecret' };
@@ -45,6 +48,8 @@ export async function startServer(opts: TestServerOptions = {}): Promise<TestSer
     bucket: opts.bucket ?? 'bucket',
     credentials: opts.credentials,
     idleTimeoutMs: opts.idleTimeoutMs,
+    uploadExpiryMs: opts.uploadExpiryMs,
+    maxUploads: opts.maxUploads,
   });
   const { port } = await server.listen();
   const url = `http://127.0.0.1:${port}`;

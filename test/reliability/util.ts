@@ -8,7 +8,8 @@ import fs from 'node:fs/promises';
 import http, { type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http';
 import path from 'node:path';
 import zlib from 'node:zlib';
-import { decodeDbReflect, decodeMetadata } from '../../src/lib/store/schema.js';
+import { decodeMetadata } from '../../src/lib/store/schema.js';
+import { decodeDbReflect } from '../helpers/reference-db.js';
 
 // ------------------------------------------------------------------ PRNG
 
@@ -174,12 +175,6 @@ export async function listAll(base: string, bucket = 'bucket', agent?: http.Agen
   throw new Error('listing never ended');
 }
 
-/** The history revision the server reports (its start-up line), from `zipkv serve` output. */
-export function revisionFromStartLine(output: string): number | undefined {
-  const m = /(\d+) objects at revision (\d+)/.exec(output);
-  return m ? Number(m[2]) : undefined;
-}
-
 // ------------------------------------------------------------------ model of objects
 
 /** What a client was told is stored under a key. */
@@ -233,7 +228,7 @@ export async function fetchState(base: string, bucket: string, key: string, agen
 
 export interface OriginalView {
   dbFile: string;
-  nextBackendFile: number;
+  nextBlockId: number;
   blockFiles: string[];
   records: number;
   /** key -> location and metadata of the live objects, replayed from the db alone. */
@@ -258,8 +253,8 @@ export async function readAsOriginal(dir: string): Promise<OriginalView> {
     nextBackendFile?: number;
     history?: Array<{ put?: { filename?: string; location?: Record<string, unknown> }; delete?: { filename?: string }; record?: string }>;
   };
-  const nextBackendFile = db.nextBackendFile ?? 0;
-  if (nextBackendFile !== blockFiles.length) problems.push(`next_backend_file is ${nextBackendFile}, but there are ${blockFiles.length} block files`);
+  const nextBlockId = db.nextBackendFile ?? 0;
+  if (nextBlockId !== blockFiles.length) problems.push(`next_backend_file is ${nextBlockId}, but there are ${blockFiles.length} block files`);
   for (let i = 0; i < blockFiles.length; i++) {
     if (blockFiles[i] !== `block${String(i).padStart(10, '0')}`) problems.push(`block files are not numbered 0..${blockFiles.length - 1}: ${blockFiles[i]}`);
   }
@@ -275,7 +270,7 @@ export async function readAsOriginal(dir: string): Promise<OriginalView> {
       const offset = Number(loc['offset'] ?? 0);
       const size = Number(loc['size'] ?? 0);
       if (size > 0) {
-        if (block >= nextBackendFile) problems.push(`revision ${rev}: points into block ${block}, not below next_backend_file ${nextBackendFile}`);
+        if (block >= nextBlockId) problems.push(`revision ${rev}: points into block ${block}, not below next_backend_file ${nextBlockId}`);
         const have = sizes.get(block);
         if (have === undefined || offset + size > have) problems.push(`revision ${rev}: ${offset}+${size} is past the end of block ${block} (${have} bytes)`);
       }
@@ -287,7 +282,7 @@ export async function readAsOriginal(dir: string): Promise<OriginalView> {
       problems.push(`revision ${rev}: a HistoryRecord with no record set`);
     }
   });
-  return { dbFile, nextBackendFile, blockFiles, records: history.length, live, problems };
+  return { dbFile, nextBlockId, blockFiles, records: history.length, live, problems };
 }
 
 /** The bytes of a live object read straight from its block file, as the original serves them. */

@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
+import http from 'node:http';
 import path from 'node:path';
 import {
   AbortMultipartUploadCommand,
@@ -17,6 +18,10 @@ import {
 import { Upload } from '@aws-sdk/lib-storage';
 import { expect } from 'chai';
 import { SCRATCH_DIR } from '../../src/lib/store/files.js';
+import { FaultyStorage } from '../../src/lib/store/storage/faults.js';
+import { LocalStorage } from '../../src/lib/store/storage/local.js';
+import { xmlField } from '../helpers/http.js';
+import { tempDir } from '../helpers/paths.js';
 import { bodyBytes, startServer, type TestServer, s3Fails, md5 } from '../helpers/server.js';
 
 const MiB = 1024 * 1024;
@@ -31,6 +36,55 @@ function multipartEtag(body: Buffer, partSizes: number[]): string {
   }
   expect(at).to.equal(body.length);
   return `"${outer.digest('hex')}-${partSizes.length}"`;
+}
+
+/** Files (at any depth) in a store's scratch area, where parts are kept until completion. */
+async function scratchFiles(dir: string): Promise<string[]> {
+  try {
+    const entries = await fs.readdir(path.join(dir, SCRATCH_DIR), { recursive: true, withFileTypes: true });
+    return entries.filter((e) => e.isFile()).map((e) => e.name);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+}
+
+/** Polls `condition` until it holds; fails after `timeoutMs`. */
+async function waitFor(what: string, condition: () => Promise<boolean>, timeoutMs = 5000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/**
+ * An UploadPart whose body the test sends bit by bit (unsigned: the test servers take any
+ * request), so that something can happen to the upload while the part is in flight.
+ */
+function partInFlight(port: number, key: string, id: string, n: number, size: number) {
+  let resolveReply!: (reply: { status: number; body: string }) => void;
+  const reply = new Promise<{ status: number; body: string }>((resolve) => (resolveReply = resolve));
+  const req = http.request(
+    { host: '127.0.0.1', port, method: 'PUT', path: `/bucket/${key}?partNumber=${n}&uploadId=${id}`, headers: { 'Content-Length': size }, agent: false },
+    (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolveReply({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString() }));
+    },
+  );
+  const failed = new Promise<never>((_, reject) => req.on('error', reject));
+  failed.catch(() => undefined); // reported through `finish`, or ignored after `cancel`
+  return {
+    send: (chunk: Buffer) => void req.write(chunk),
+    /** Drops the connection (so that a test that failed midway can still stop its server). */
+    cancel: () => void req.destroy(),
+    /** Sends the last bytes and waits for the reply. */
+    finish: (chunk: Buffer) => {
+      req.end(chunk);
+      return Promise.race([reply, failed]);
+    },
+  };
 }
 
 
@@ -131,6 +185,8 @@ describe('s3: multipart uploads (AWS SDK)', () => {
     expect(done.ETag).to.equal(multipartEtag(Buffer.concat([a, c]), [a.length, c.length]));
     const head = await t.client.send(new HeadObjectCommand({ Bucket: 'bucket', Key: key }));
     expect(head.ContentLength).to.equal(a.length + c.length);
+    // The part left out (2) is freed with the others.
+    expect(await scratchFiles(t.dir)).to.deep.equal([]);
   });
 
   it('Abort: the upload is gone (NoSuchUpload) and no object appears', async () => {
@@ -150,7 +206,7 @@ describe('s3: multipart uploads (AWS SDK)', () => {
       expect(err.$metadata.httpStatusCode).to.equal(404);
     }
     expect(t.store.head(key)).to.equal(undefined);
-    expect(await fs.readdir(path.join(t.dir, SCRATCH_DIR, 'uploads'))).to.not.include(id);
+    expect(await scratchFiles(t.dir)).to.deep.equal([]);
     // An id that never existed, and a real id used with another key.
     const real = await create('real');
     expect((await s3Fails(t.client.send(new ListPartsCommand({ Bucket: 'bucket', Key: 'real', UploadId: 'nope' })))).name).to.equal('NoSuchUpload');
@@ -271,17 +327,12 @@ describe('s3: multipart uploads (AWS SDK)', () => {
     const first = await startServer();
     const id = (await first.client.send(new CreateMultipartUploadCommand({ Bucket: 'bucket', Key: 'interrupted' }))).UploadId!;
     await first.client.send(new UploadPartCommand({ Bucket: 'bucket', Key: 'interrupted', UploadId: id, PartNumber: 1, Body: randomBytes(1000) }));
-    const uploadDir = path.join(first.dir, SCRATCH_DIR, 'uploads', id);
-    expect(await fs.readdir(uploadDir)).to.include('1');
+    expect(await scratchFiles(first.dir)).to.have.length(1);
     await first.stop();
 
     const second = await startServer({ dir: first.dir });
     try {
-      const exists = await fs.stat(uploadDir).then(
-        () => true,
-        () => false,
-      );
-      expect(exists).to.equal(false);
+      expect(await scratchFiles(second.dir)).to.deep.equal([]);
       const err = await s3Fails(second.client.send(new ListPartsCommand({ Bucket: 'bucket', Key: 'interrupted', UploadId: id })));
       expect(err.name).to.equal('NoSuchUpload');
       const uploads = await second.client.send(new ListMultipartUploadsCommand({ Bucket: 'bucket' }));
@@ -289,6 +340,176 @@ describe('s3: multipart uploads (AWS SDK)', () => {
       expect(second.store.head('interrupted')).to.equal(undefined);
     } finally {
       await second.stop();
+    }
+  });
+});
+
+describe('s3: multipart uploads end, expire, race and stay within limits', () => {
+  const create = async (s: TestServer, key: string) => (await s.client.send(new CreateMultipartUploadCommand({ Bucket: 'bucket', Key: key }))).UploadId!;
+  const part = async (s: TestServer, key: string, id: string, n: number, body: Buffer): Promise<CompletedPart> => {
+    const out = await s.client.send(new UploadPartCommand({ Bucket: 'bucket', Key: key, UploadId: id, PartNumber: n, Body: body }));
+    return { PartNumber: n, ETag: out.ETag };
+  };
+  const complete = (s: TestServer, key: string, id: string, parts: CompletedPart[]) =>
+    s.client.send(new CompleteMultipartUploadCommand({ Bucket: 'bucket', Key: key, UploadId: id, MultipartUpload: { Parts: parts } }));
+  const listed = async (s: TestServer) => ((await s.client.send(new ListMultipartUploadsCommand({ Bucket: 'bucket' }))).Uploads ?? []).map((u) => u.UploadId);
+  /** Every request on upload `id` of `key` answers NoSuchUpload. */
+  const gone = async (s: TestServer, key: string, id: string) => {
+    for (const request of [
+      () => s.client.send(new UploadPartCommand({ Bucket: 'bucket', Key: key, UploadId: id, PartNumber: 1, Body: 'x' })),
+      () => s.client.send(new ListPartsCommand({ Bucket: 'bucket', Key: key, UploadId: id })),
+      () => complete(s, key, id, [{ PartNumber: 1, ETag: `"${md5('x')}"` }]),
+      () => s.client.send(new AbortMultipartUploadCommand({ Bucket: 'bucket', Key: key, UploadId: id })),
+    ]) {
+      const err = await s3Fails(request());
+      expect(err.name).to.equal('NoSuchUpload');
+      expect(err.$metadata.httpStatusCode).to.equal(404);
+    }
+  };
+
+  it('Abort frees the disk at once; a part in flight is discarded when it ends, and gets NoSuchUpload', async () => {
+    const s = await startServer();
+    let cancel = () => {};
+    try {
+      const key = 'abort/in-flight';
+      const id = await create(s, key);
+      await part(s, key, id, 1, randomBytes(5 * MiB));
+      await part(s, key, id, 2, randomBytes(1000));
+      expect(await scratchFiles(s.dir)).to.have.length(2);
+      const third = partInFlight(s.port, key, id, 3, 2 * MiB);
+      cancel = third.cancel;
+      third.send(randomBytes(MiB));
+      await waitFor('the third part to be staged', async () => (await scratchFiles(s.dir)).length === 3);
+
+      const abort = await s.client.send(new AbortMultipartUploadCommand({ Bucket: 'bucket', Key: key, UploadId: id }));
+      expect(abort.$metadata.httpStatusCode).to.equal(204);
+      // Parts 1 and 2 are gone when the abort is answered; only the body still arriving is left.
+      expect((await scratchFiles(s.dir)).length).to.be.at.most(1);
+      expect(await listed(s)).to.not.include(id);
+
+      const reply = await third.finish(randomBytes(MiB));
+      expect(reply.status).to.equal(404);
+      expect(xmlField(reply.body, 'Code')).to.equal('NoSuchUpload');
+      // Nothing is left in the scratch area, not even a directory.
+      expect(await fs.readdir(path.join(s.dir, SCRATCH_DIR))).to.deep.equal([]);
+      expect(s.store.head(key)).to.equal(undefined);
+      await gone(s, key, id);
+    } finally {
+      cancel();
+      await s.stop();
+    }
+  });
+
+  it('an upload expires: its parts are deleted without any request, then it is NoSuchUpload, and a part in flight is discarded', async () => {
+    const s = await startServer({ uploadExpiryMs: 1000 });
+    let cancel = () => {};
+    try {
+      const key = 'expiring';
+      const id = await create(s, key);
+      await part(s, key, id, 1, randomBytes(1000));
+      const second = partInFlight(s.port, key, id, 2, 2000);
+      cancel = second.cancel;
+      second.send(randomBytes(1000));
+      await waitFor('the second part to be staged', async () => (await scratchFiles(s.dir)).length === 2);
+      expect(await listed(s)).to.include(id);
+
+      // The periodic sweep drops the upload and deletes part 1; the body still arriving stays.
+      await waitFor('the expired part to be deleted', async () => (await scratchFiles(s.dir)).length === 1, 5000);
+      expect(await listed(s)).to.not.include(id);
+      const reply = await second.finish(randomBytes(1000));
+      expect(reply.status).to.equal(404);
+      expect(xmlField(reply.body, 'Code')).to.equal('NoSuchUpload');
+      expect(await scratchFiles(s.dir)).to.deep.equal([]);
+      await gone(s, key, id);
+
+      // A new upload has its own time.
+      const fresh = await create(s, key);
+      const p = await part(s, key, fresh, 1, Buffer.from('fresh'));
+      expect((await complete(s, key, fresh, [p])).ETag).to.match(/-1"$/);
+      expect(await scratchFiles(s.dir)).to.deep.equal([]);
+    } finally {
+      cancel();
+      await s.stop();
+    }
+  });
+
+  it('concurrent uploads of one part number leave exactly one of the bodies, and the object is that body', async () => {
+    const s = await startServer();
+    try {
+      for (let round = 0; round < 5; round++) {
+        const key = `race/${round}`;
+        const id = await create(s, key);
+        const bodies = [0, 1, 2, 3].map(() => randomBytes(2 * MiB + round));
+        const sent = await Promise.all(bodies.map((body) => part(s, key, id, 1, body)));
+        const parts = await s.client.send(new ListPartsCommand({ Bucket: 'bucket', Key: key, UploadId: id }));
+        expect(parts.Parts).to.have.length(1);
+        const etag = parts.Parts![0]!.ETag!;
+        const winner = bodies.find((b) => `"${md5(b)}"` === etag);
+        expect(winner, `round ${round}: the listed ETag is one of the bodies sent`).to.not.equal(undefined);
+        expect(sent.map((p) => p.ETag)).to.include(etag);
+        expect(parts.Parts![0]!.Size).to.equal(winner!.length);
+        // The replaced bodies were discarded: one staged body is left.
+        expect(await scratchFiles(s.dir)).to.have.length(1);
+
+        const done = await complete(s, key, id, [{ PartNumber: 1, ETag: etag }]);
+        expect(done.ETag).to.equal(multipartEtag(winner!, [winner!.length]));
+        const object = await bodyBytes((await s.client.send(new GetObjectCommand({ Bucket: 'bucket', Key: key }))).Body);
+        expect(md5(object), `round ${round}: the object is the body the listed ETag names`).to.equal(md5(winner!));
+        expect(await scratchFiles(s.dir)).to.deep.equal([]);
+      }
+    } finally {
+      await s.stop();
+    }
+  });
+
+  it('at most maxUploads are open at once: one more is 503 ServiceUnavailable, until one ends', async () => {
+    const s = await startServer({ maxUploads: 3 });
+    try {
+      const ids = [await create(s, 'cap/a'), await create(s, 'cap/b'), await create(s, 'cap/c')];
+      const refused = await s3Fails(create(s, 'cap/d'));
+      expect(refused.name).to.equal('ServiceUnavailable');
+      expect(refused.$metadata.httpStatusCode).to.equal(503);
+      expect(refused.message).to.match(/Too many multipart uploads in progress \(at most 3\)/);
+      expect(await listed(s)).to.deep.equal(ids);
+      await s.client.send(new AbortMultipartUploadCommand({ Bucket: 'bucket', Key: 'cap/a', UploadId: ids[0] }));
+      const d = await create(s, 'cap/d');
+      const p = await part(s, 'cap/d', d, 1, Buffer.from('d'));
+      await complete(s, 'cap/d', d, [p]);
+      await create(s, 'cap/e');
+      expect((await s3Fails(create(s, 'cap/f'))).name).to.equal('ServiceUnavailable');
+    } finally {
+      await s.stop();
+    }
+  });
+
+  it('a failed completion leaves the upload as it was; the retry completes it and frees the parts', async () => {
+    const dir = await tempDir('s3');
+    const storage = new FaultyStorage(new LocalStorage(dir));
+    const s = await startServer({ dir, storage });
+    try {
+      const key = 'retry/complete';
+      const id = await create(s, key);
+      const a = randomBytes(5 * MiB);
+      const b = randomBytes(100);
+      const parts = [await part(s, key, id, 1, a), await part(s, key, id, 2, b)];
+      // Reading a staged part back fails once, as a full disk would.
+      storage.fail({ op: 'readStream', name: new RegExp(`^${SCRATCH_DIR}/`), times: 1, code: 'ENOSPC' });
+      const failed = await s3Fails(complete(s, key, id, parts));
+      expect(failed.$metadata.httpStatusCode).to.equal(503);
+      expect(storage.failures).to.have.length(1);
+      expect(s.store.head(key)).to.equal(undefined);
+      const kept = await s.client.send(new ListPartsCommand({ Bucket: 'bucket', Key: key, UploadId: id }));
+      expect(kept.Parts!.map((p) => p.ETag)).to.deep.equal(parts.map((p) => p.ETag));
+      expect(await scratchFiles(dir)).to.have.length(2);
+
+      const done = await complete(s, key, id, parts);
+      expect(done.ETag).to.equal(multipartEtag(Buffer.concat([a, b]), [a.length, b.length]));
+      const object = await bodyBytes((await s.client.send(new GetObjectCommand({ Bucket: 'bucket', Key: key }))).Body);
+      expect(md5(object)).to.equal(md5(Buffer.concat([a, b])));
+      expect(await scratchFiles(dir)).to.deep.equal([]);
+      await gone(s, key, id);
+    } finally {
+      await s.stop();
     }
   });
 });

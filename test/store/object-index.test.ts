@@ -93,7 +93,7 @@ describe('store: the object index', () => {
               meta: entry.meta,
               buf,
               md5At: md5 ? 3 : -1,
-              mtime: entry.mtime,
+              modifiedMs: entry.mtime * 1000,
               etag: entry.etag,
             });
           }

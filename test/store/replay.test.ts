@@ -1,6 +1,7 @@
 /**
- * The store's fast history scanner (replay.ts) must decode exactly what schema.ts's reference
- * `scanDb` decodes, field for field, and refuse what it refuses.
+ * The store's one history decoder (replay.ts) must decode exactly what the reference decoder
+ * (test/helpers/reference-db.ts, over protobufjs' Reader) decodes, field for field, and refuse
+ * what it refuses.
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -8,8 +9,9 @@ import zlib from 'node:zlib';
 import { expect } from 'chai';
 import protobuf from 'protobufjs';
 import { StoreCorruptError } from '../../src/lib/store/errors.js';
-import { DbReplayer, replayDb, replayDbFile } from '../../src/lib/store/replay.js';
-import { scanDb } from '../../src/lib/store/schema.js';
+import { DbReplayer, replayDb, replayDbStream } from '../../src/lib/store/replay.js';
+import { scanDb } from '../helpers/reference-db.js';
+import fsSync from 'node:fs';
 import { tempDir } from '../helpers/paths.js';
 
 type Decoded = string; // one line per record, or 'error'
@@ -120,7 +122,7 @@ const hex = (b: Uint8Array | undefined) => (b ? Buffer.from(b).toString('hex') :
 function withScanDb(buf: Buffer, limit = Infinity): Decoded[] {
   const out: Decoded[] = [];
   try {
-    const { nextBackendFile, records } = scanDb(
+    const { nextBlockId, records } = scanDb(
       buf,
       'db',
       (r) => {
@@ -135,7 +137,7 @@ function withScanDb(buf: Buffer, limit = Infinity): Decoded[] {
       },
       limit,
     );
-    out.push(`next ${nextBackendFile} records ${records}`);
+    out.push(`next ${nextBlockId} records ${records}`);
   } catch (err) {
     expect(err).to.be.instanceOf(StoreCorruptError);
     out.push('error');
@@ -150,7 +152,7 @@ function withReplay(feed: (r: DbReplayer) => void, limit = Infinity): Decoded[] 
     {
       put(rawKey, f) {
         const md5 = f.md5At >= 0 ? hex(f.buf.subarray(f.md5At, f.md5At + 16)) : '-';
-        out.push(`put ${hex(Buffer.from(rawKey, 'latin1'))} ${f.block} ${f.offset} ${f.size} ${f.meta === undefined ? '-' : hex(Buffer.from(f.meta, 'latin1'))} ${md5} ${f.mtime} ${f.etag ?? '-'}`);
+        out.push(`put ${hex(Buffer.from(rawKey, 'latin1'))} ${f.block} ${f.offset} ${f.size} ${f.meta === undefined ? '-' : hex(Buffer.from(f.meta, 'latin1'))} ${md5} ${Math.floor(f.modifiedMs / 1000)} ${f.etag ?? '-'}`);
       },
       delete(rawKey) {
         out.push(`delete ${hex(Buffer.from(rawKey, 'latin1'))}`);
@@ -160,8 +162,8 @@ function withReplay(feed: (r: DbReplayer) => void, limit = Infinity): Decoded[] 
   );
   try {
     feed(replayer);
-    const { nextBackendFile, records } = replayer.finish();
-    out.push(`next ${nextBackendFile} records ${records}`);
+    const { nextBlockId, records } = replayer.finish();
+    out.push(`next ${nextBlockId} records ${records}`);
   } catch (err) {
     expect(err).to.be.instanceOf(StoreCorruptError);
     out.push('error');
@@ -237,7 +239,7 @@ describe('store: the fast history scanner decodes what the reference decoder doe
     await fs.writeFile(file, Buffer.concat([zlib.gzipSync(a), zlib.gzipSync(b, { level: 1 })]));
     const seen: string[] = [];
     const handler = { put: (k: string) => void seen.push(`p${k}`), delete: (k: string) => void seen.push(`d${k}`) };
-    const result = await replayDbFile(file, handler);
+    const result = await replayDbStream(fsSync.createReadStream(file), file, handler);
     const reference: string[] = [];
     const expected = scanDb(whole, 'x', (r) => void reference.push(`${r.kind === 'put' ? 'p' : 'd'}${r.rawKey}`));
     expect(result).to.deep.equal(expected);
@@ -246,7 +248,7 @@ describe('store: the fast history scanner decodes what the reference decoder doe
     for (const len of [0, 5, 10, Math.floor(gz.length / 2), gz.length - 1]) {
       await fs.writeFile(file, gz.subarray(0, len));
       let err: unknown;
-      await replayDbFile(file, { put() {}, delete() {} }).catch((e: unknown) => (err = e));
+      await replayDbStream(fsSync.createReadStream(file), file, { put() {}, delete() {} }).catch((e: unknown) => (err = e));
       expect(err, `cut at ${len}`).to.be.instanceOf(StoreCorruptError);
       expect((err as Error).message).to.include(file);
     }

@@ -20,7 +20,7 @@ describe('store: opening at a revision', () => {
   it('a revision beyond the history is a clear error, not the latest state', async () => {
     const dir = await copyFixture('one-block'); // 7 records: revisions 0..6
     const at6 = await openStore(dir, { revision: 6 });
-    expect(at6.revision).to.equal(7);
+    expect(at6.revision).to.equal(6);
     await at6.close();
     const err = await openFails(dir, 7);
     expect(err.code).to.equal('ERANGE');

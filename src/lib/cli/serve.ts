@@ -13,6 +13,8 @@ export interface ServeOptions {
   quiet: boolean;
   credentials?: Credentials;
   idleTimeoutMs: number;
+  /** A multipart upload neither completed nor aborted is dropped this long after it began. */
+  uploadExpiryMs?: number;
   /** Testing only (hidden flag --checkpoint-bytes): journal size that triggers a checkpoint. */
   checkpointBytes?: number;
   /** Where the start-up line, request lines and the summary go. */
@@ -26,6 +28,24 @@ export function parseAddr(addr: string): { host: string; port: number } {
   const port = Number(m[3]);
   if (port > 65535) throw new Error(`port ${port} is out of range`);
   return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
+}
+
+const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
+
+/**
+ * A duration given on the command line, in milliseconds: a whole number of seconds (`3600`) or
+ * a whole number with one unit, `s`, `m`, `h` or `d` (`45s`, `30m`, `12h`, `7d`). At least one
+ * second; anything else is refused with a message that names `flag`.
+ */
+export function parseDuration(value: string, flag: string): number {
+  const m = /^(\d{1,15})([smhd]?)$/.exec(value.trim());
+  const seconds = m ? Number(m[1]) * DURATION_UNITS[m[2] || 's']! : NaN;
+  if (!(seconds >= 1 && Number.isSafeInteger(seconds * 1000))) {
+    throw new Error(
+      `${flag} must be a duration of at least one second: a number of seconds (3600) or a number with a unit s, m, h or d (45s, 30m, 12h, 7d), not ${JSON.stringify(value)}`,
+    );
+  }
+  return seconds * 1000;
 }
 
 function isLoopback(host: string): boolean {
@@ -61,6 +81,9 @@ export async function serve(opts: ServeOptions): Promise<void> {
       fsync: opts.fsync,
       warn: opts.warn,
       checkpointBytes: opts.checkpointBytes,
+      // Logged once, loudly: from here on every write gets 503 until a restart.
+      onFailure: (failure) =>
+        opts.warn(`ERROR: ${failure.message}. Every write now gets 503 ServiceUnavailable; restart zipkv to go on writing.`),
     });
   } catch (err) {
     removeHandlers();
@@ -72,6 +95,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     bucket: opts.bucket,
     credentials: opts.credentials,
     idleTimeoutMs: opts.idleTimeoutMs,
+    uploadExpiryMs: opts.uploadExpiryMs,
     log: opts.quiet ? undefined : opts.out,
   });
   let address;
@@ -102,8 +126,13 @@ export async function serve(opts: ServeOptions): Promise<void> {
   await store.close();
   const { requests, errors, bytesIn, bytesOut } = server.counters;
   const after = store.stats();
+  const traffic = `${requests} requests (${errors} errors), ${bytesIn} bytes in, ${bytesOut} bytes out`;
+  if (after.failure) {
+    opts.out(`zipkv stopped after a failed sync: ${traffic}; no db written (a restart recovers from what is on disk)`);
+    return;
+  }
   opts.out(
-    `zipkv stopped cleanly: ${requests} requests (${errors} errors), ${bytesIn} bytes in, ${bytesOut} bytes out; ` +
+    `zipkv stopped cleanly: ${traffic}; ` +
       `${after.liveObjects} objects at revision ${after.revision}; db written, directory ready for the original tools`,
   );
 }

@@ -2,7 +2,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Store } from '../store/store.js';
 import type { AuthResult, Credentials } from './auth/authenticate.js';
-import type { MultipartUploads } from '../store/uploads.js';
+import type { MultipartUploads } from './uploads.js';
 
 export interface S3Config {
   bucket: string;

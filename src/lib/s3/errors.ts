@@ -62,7 +62,3 @@ export class S3Error extends Error {
 export function s3Error(code: S3ErrorCode, message?: string, details?: Record<string, string>): S3Error {
   return new S3Error(code, message, details);
 }
-
-export function isS3Error(err: unknown): err is S3Error {
-  return err instanceof S3Error;
-}

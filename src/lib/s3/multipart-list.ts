@@ -2,13 +2,13 @@
  * The multipart listings: ListParts (one upload's parts) and ListMultipartUploads (the uploads in
  * progress, with S3's prefix, delimiter, key-marker/upload-id-marker paging and encoding-type).
  */
-import type { Upload } from '../store/uploads.js';
 import { urlEncodeKey } from './buckets.js';
 import type { RequestContext } from './context.js';
 import { s3Error } from './errors.js';
-import { uploadId, withUploadErrors } from './multipart.js';
+import { uploadId } from './multipart.js';
 import { quoteEtag } from './objects.js';
 import { sendXml } from './respond.js';
+import type { Upload } from './uploads.js';
 import { type XmlNode, xmlDocument } from './xml.js';
 
 const MAX_PAGE = 1000;
@@ -24,9 +24,8 @@ function integerParam(ctx: RequestContext, name: string, fallback: number): numb
 
 const byteCompare = (a: string, b: string) => Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
 
-export async function listParts(ctx: RequestContext): Promise<void> {
-  const id = uploadId(ctx);
-  const upload = await withUploadErrors(async () => ctx.uploads.get(id, ctx.key!));
+export function listParts(ctx: RequestContext): void {
+  const upload = ctx.uploads.get(uploadId(ctx), ctx.key!);
   const marker = integerParam(ctx, 'part-number-marker', 0);
   const maxParts = Math.min(integerParam(ctx, 'max-parts', MAX_PAGE), MAX_PAGE);
   const parts = [...upload.parts.values()].filter((p) => p.number > marker).sort((a, b) => a.number - b.number);

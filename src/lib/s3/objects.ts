@@ -87,7 +87,20 @@ export async function getObject(ctx: RequestContext, headOnly: boolean): Promise
   await pipeline(ctx.store.createReadStream(info, start, end), ctx.res);
 }
 
-function parseContentMd5(ctx: RequestContext): Buffer | undefined {
+/**
+ * The body size a request announces (the decoded length of an aws-chunked body), if any; one
+ * larger than the largest object is refused before any byte is read.
+ */
+export function announcedSize(ctx: RequestContext): number | undefined {
+  const decoded = header(ctx, 'x-amz-decoded-content-length');
+  const size = decoded !== undefined && /^\d+$/.test(decoded) ? Number(decoded) : contentLength(ctx);
+  if (size !== undefined && size > MAX_OBJECT_SIZE) {
+    throw s3Error('EntityTooLarge', undefined, { ProposedSize: String(size), MaxSizeAllowed: String(MAX_OBJECT_SIZE) });
+  }
+  return size;
+}
+
+export function parseContentMd5(ctx: RequestContext): Buffer | undefined {
   const value = header(ctx, 'content-md5');
   if (value === undefined) return undefined;
   const md5 = Buffer.from(value.trim(), 'base64');
@@ -100,12 +113,7 @@ export async function putObject(ctx: RequestContext): Promise<void> {
   checkKey(key);
   if (header(ctx, 'x-amz-copy-source') !== undefined) return copyObject(ctx);
   const metadata = objectMetadataFrom(ctx.req.headers);
-  const announced = contentLength(ctx);
-  const decoded = header(ctx, 'x-amz-decoded-content-length');
-  const size = decoded !== undefined && /^\d+$/.test(decoded) ? Number(decoded) : announced;
-  if (size !== undefined && size > MAX_OBJECT_SIZE) {
-    throw s3Error('EntityTooLarge', undefined, { ProposedSize: String(size), MaxSizeAllowed: String(MAX_OBJECT_SIZE) });
-  }
+  announcedSize(ctx);
   const expectedMd5 = parseContentMd5(ctx);
   const body = openRequestBody(ctx);
   const info = await ctx.store.put(key, body.stream, { size: body.size, metadata, expectedMd5 });

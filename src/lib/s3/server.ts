@@ -6,11 +6,11 @@ import { randomBytes } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Store } from '../store/store.js';
-import { MultipartUploads } from '../store/uploads.js';
 import { authenticate } from './auth/authenticate.js';
 import type { RequestContext, S3Config } from './context.js';
 import { sendError } from './respond.js';
 import { parseTarget, route } from './router.js';
+import { MultipartUploads } from './uploads.js';
 
 export interface ServerOptions extends S3Config {
   host: string;
@@ -21,6 +21,10 @@ export interface ServerOptions extends S3Config {
   idleTimeoutMs?: number;
   /** Largest request header section. */
   maxHeaderBytes?: number;
+  /** A multipart upload neither completed nor aborted is dropped this long after it began (default 7 days). */
+  uploadExpiryMs?: number;
+  /** Multipart uploads open at once (default 1000); one more is refused with 503 ServiceUnavailable. */
+  maxUploads?: number;
 }
 
 export interface ServerCounters {
@@ -45,7 +49,7 @@ export class S3Server {
     private readonly store: Store,
     private readonly options: ServerOptions,
   ) {
-    this.uploads = new MultipartUploads(store);
+    this.uploads = new MultipartUploads(store, { expiryMs: options.uploadExpiryMs, maxUploads: options.maxUploads });
     this.http = http.createServer({
       maxHeaderSize: options.maxHeaderBytes ?? 16 * 1024,
       requestTimeout: 0, // large uploads may take long; idleness is what is timed out
@@ -77,6 +81,7 @@ export class S3Server {
   /** Stops accepting, waits for requests in flight, and closes every connection. */
   async close(): Promise<void> {
     this.closing = true;
+    this.uploads.close();
     const closed = new Promise<void>((resolve) => this.http.close(() => resolve()));
     this.http.closeIdleConnections();
     if (this.inFlight > 0) await new Promise<void>((resolve) => (this.drained = resolve));

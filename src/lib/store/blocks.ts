@@ -4,70 +4,47 @@
  * A block is complete once no reservation fits or a checkpoint rolls it; it is never written
  * again after its last writer is done. Readers use their own handles, cached per block.
  */
-import fs from 'node:fs/promises';
-import path from 'node:path';
 import { Readable } from 'node:stream';
+import { durably } from './errors.js';
 import { blockFileName } from './files.js';
+import { type ReadableFile, type Storage, type WritableFile, readFully } from './storage/storage.js';
 
 export class OpenBlock {
-  readonly ready: Promise<fs.FileHandle>;
+  readonly ready: Promise<WritableFile>;
+  readonly name: string;
   /** End of the last reservation. */
   reserved = 0;
   writers = 0;
   complete = false;
   /** The directory has been fsynced since this block's file was created. */
   entrySynced = false;
-  private handle: fs.FileHandle | undefined;
+  private file: WritableFile | undefined;
 
   constructor(
     readonly id: number,
-    file: string,
+    private readonly storage: Storage,
   ) {
-    // 'wx': a block id is never reused, so the file must not exist yet.
-    this.ready = fs.open(file, 'wx', 0o600).then((h) => (this.handle = h));
+    this.name = blockFileName(id);
+    // Exclusive: a block id is never reused, so the file must not exist yet.
+    this.ready = storage.create(this.name, { exclusive: true }).then((f) => (this.file = f));
     this.ready.catch(() => undefined); // awaited by every writer, which reports the error
   }
 
-  async write(data: Uint8Array, position: number): Promise<void> {
-    const handle = await this.ready;
-    let done = 0;
-    while (done < data.length) {
-      const { bytesWritten } = await handle.write(data, done, data.length - done, position + done);
-      done += bytesWritten;
-    }
-  }
-
-  /** Writes `buffers` back to back from `position`, as few system calls as the kernel allows. */
-  async writev(buffers: Uint8Array[], position: number): Promise<void> {
-    const handle = await this.ready;
-    let total = 0;
-    for (const b of buffers) total += b.length;
-    const { bytesWritten } = await handle.writev(buffers, position);
-    if (bytesWritten < total) {
-      // A short write (rare on files): finish the rest one buffer at a time.
-      let skip = bytesWritten;
-      let at = position + bytesWritten;
-      for (const b of buffers) {
-        if (skip >= b.length) {
-          skip -= b.length;
-          continue;
-        }
-        const rest = b.subarray(skip);
-        skip = 0;
-        await this.write(rest, at);
-        at += rest.length;
-      }
-    }
+  /** Writes `buffers` back to back from `position`. */
+  async writev(buffers: readonly Uint8Array[], position: number): Promise<void> {
+    await (await this.ready).writev(buffers, position);
   }
 
   async datasync(): Promise<void> {
-    await (await this.ready).datasync();
+    const file = await this.ready;
+    await durably(`${this.storage.root}/${this.name}`, 'fdatasync', () => file.datasync());
   }
 
   async close(): Promise<void> {
     await this.ready.catch(() => undefined);
-    await this.handle?.close();
-    this.handle = undefined;
+    const file = this.file;
+    this.file = undefined;
+    await file?.close();
   }
 }
 
@@ -82,9 +59,10 @@ export class BlockWriter {
   private readonly live = new Set<OpenBlock>();
 
   constructor(
-    private readonly dir: string,
+    private readonly storage: Storage,
     private readonly blockSize: number,
     private nextId: number,
+    private readonly warn: (message: string) => void,
   ) {}
 
   /** The id the next new block gets; everything below it is complete or open. */
@@ -97,9 +75,16 @@ export class BlockWriter {
     let block = this.open;
     if (!block || block.reserved + size > this.blockSize) {
       if (block) this.complete(block);
-      block = new OpenBlock(this.nextId++, path.join(this.dir, blockFileName(this.nextId - 1)));
+      block = new OpenBlock(this.nextId++, this.storage);
       this.open = block;
       this.live.add(block);
+      const created = block;
+      // A block whose file cannot be made must not stay the open block: its writers fail, and
+      // the next reservation starts a new block (the id is never used again).
+      created.ready.catch(() => {
+        if (this.open === created) this.open = undefined;
+        this.complete(created);
+      });
     }
     const offset = block.reserved;
     block.reserved += size;
@@ -115,19 +100,13 @@ export class BlockWriter {
   }
 
   /**
-   * Completes the open block so that the next reservation starts a new one. Returns the
-   * next_backend_file to record: every block below it is complete.
+   * Completes the open block so that the next reservation starts a new one. Returns the id the
+   * next block gets: every block below it is complete.
    */
   roll(): number {
     if (this.open) this.complete(this.open);
     this.open = undefined;
     return this.nextId;
-  }
-
-  /** Blocks that still have writers (a clean close waits for them through the store). */
-  get busy(): boolean {
-    for (const block of this.live) if (block.writers > 0) return true;
-    return false;
   }
 
   async close(): Promise<void> {
@@ -142,7 +121,9 @@ export class BlockWriter {
   }
 
   private closeIfDone(block: OpenBlock): void {
-    if (block.complete && block.writers === 0 && this.live.delete(block)) void block.close();
+    if (block.complete && block.writers === 0 && this.live.delete(block)) {
+      block.close().catch((err: Error) => this.warn(`closing ${block.name}: ${err.message}`));
+    }
   }
 }
 
@@ -150,7 +131,7 @@ const READ_CHUNK = 256 * 1024;
 const MAX_CACHED_HANDLES = 128;
 
 interface CachedHandle {
-  handle: Promise<fs.FileHandle>;
+  handle: Promise<ReadableFile>;
   refs: number;
 }
 
@@ -159,7 +140,7 @@ export class BlockReader {
   private readonly handles = new Map<number, CachedHandle>();
   private closedFlag = false;
 
-  constructor(private readonly dir: string) {}
+  constructor(private readonly storage: Storage) {}
 
   /** Reads `size` bytes at `offset` of a block. */
   async read(block: number, offset: number, size: number): Promise<Buffer> {
@@ -167,13 +148,7 @@ export class BlockReader {
     if (size === 0) return buf;
     const entry = this.acquire(block);
     try {
-      const handle = await entry.handle;
-      let done = 0;
-      while (done < size) {
-        const { bytesRead } = await handle.read(buf, done, size - done, offset + done);
-        if (bytesRead === 0) throw new Error(`${blockFileName(block)} ends before offset ${offset + size}`);
-        done += bytesRead;
-      }
+      await readFully(await entry.handle, buf, size, offset);
       return buf;
     } finally {
       this.releaseHandle(block, entry);
@@ -229,7 +204,7 @@ export class BlockReader {
     if (this.closedFlag) throw new Error(`cannot read ${blockFileName(block)}: the store is closed`);
     let entry = this.handles.get(block);
     if (!entry) {
-      entry = { handle: fs.open(path.join(this.dir, blockFileName(block)), 'r'), refs: 0 };
+      entry = { handle: this.storage.openRead(blockFileName(block)), refs: 0 };
       entry.handle.catch(() => undefined);
       this.handles.set(block, entry);
       this.evict();

@@ -1,5 +1,5 @@
 /**
- * The `db%010d` files: finding the current slot, reading it, and writing the next one.
+ * The `db%010d` files: finding the current slot, and writing the next one.
  *
  * A checkpoint does not re-encode the history. A Db is a protobuf message whose repeated field
  * can be continued by appending more field entries, and a gzip file may hold several members,
@@ -7,15 +7,15 @@
  * records and the new next_backend_file (protobuf keeps the last value of a scalar field). The
  * cost of a checkpoint is a file copy plus compressing only what is new.
  */
-import fs from 'node:fs/promises';
-import path from 'node:path';
-import zlib from 'node:zlib';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
-import { StoreCorruptError } from './errors.js';
-import { DB_SLOTS, dbFileName, syncDir, writeFileAtomic } from './files.js';
+import zlib from 'node:zlib';
+import { StoreCorruptError, durably } from './errors.js';
+import { DB_SLOTS, TMP_SUFFIX, dbFileName, replaceFile } from './files.js';
 import { newWriter, writeHistoryEntry, writeNextBackendFile } from './schema.js';
+import type { Storage, WritableFile } from './storage/storage.js';
 
-const gunzip = promisify(zlib.gunzip);
 const gzip = promisify(zlib.gzip);
 
 /**
@@ -23,7 +23,7 @@ const gzip = promisify(zlib.gzip);
  * what a crash between writing the next db and deleting the previous leaves, and the newer one
  * (the successor mod 10) is current. Anything else is ambiguous and refused.
  */
-export function currentDbSlot(slots: number[], dir: string): number | undefined {
+export function currentDbSlot(slots: number[], where: string): number | undefined {
   if (slots.length === 0) return undefined;
   if (slots.length === 1) return slots[0];
   if (slots.length === 2) {
@@ -32,19 +32,13 @@ export function currentDbSlot(slots: number[], dir: string): number | undefined 
     if ((b + 1) % DB_SLOTS === a) return a;
   }
   throw new StoreCorruptError(
-    `${dir}: several db files (${slots.map(dbFileName).join(', ')}) and no way to tell which is current; ` +
+    `${where}: several db files (${slots.map(dbFileName).join(', ')}) and no way to tell which is current; ` +
       'move the ones that are not wanted out of the directory',
   );
 }
 
-/** Reads and decompresses a db file; any valid gzip (one member or several) is accepted. */
-export async function readDbFile(file: string): Promise<Buffer> {
-  const compressed = await fs.readFile(file);
-  try {
-    return await gunzip(compressed);
-  } catch (err) {
-    throw new StoreCorruptError(`${file}: not a valid gzip file (${(err as Error).message}); the db is corrupt or truncated`);
-  }
+function nextSlot(currentSlot: number | undefined): number {
+  return currentSlot === undefined ? 0 : (currentSlot + 1) % DB_SLOTS;
 }
 
 export interface DbWriteResult {
@@ -52,39 +46,98 @@ export interface DbWriteResult {
   compressedSize: number;
 }
 
+/** Removes the slot a new db replaced; a crash before this leaves two adjacent slots. */
+async function dropPrevious(storage: Storage, previous: number | undefined, durable: boolean): Promise<void> {
+  if (previous === undefined) return;
+  await storage.remove(dbFileName(previous));
+  if (durable) await durably(storage.root, 'fsync', () => storage.syncDir());
+}
+
 /**
  * Writes the db that follows `currentSlot`: the current file plus `encodedRecords` and the new
  * next_backend_file. Returns the new slot once it is durable and the previous slot is removed.
  */
 export async function writeNextDb(
-  dir: string,
+  storage: Storage,
   currentSlot: number | undefined,
   encodedRecords: Iterable<Uint8Array>,
-  nextBackendFile: number,
+  nextBlockId: number,
   durable: boolean,
 ): Promise<DbWriteResult> {
   const writer = newWriter();
   for (const record of encodedRecords) writeHistoryEntry(writer, record);
-  writeNextBackendFile(writer, nextBackendFile);
+  writeNextBackendFile(writer, nextBlockId);
   const member = await gzip(writer.finish());
-  const slot = currentSlot === undefined ? 0 : (currentSlot + 1) % DB_SLOTS;
-  const previous = currentSlot === undefined ? undefined : path.join(dir, dbFileName(currentSlot));
-  await writeFileAtomic(dir, dbFileName(slot), member, durable, previous);
-  if (previous) {
-    await fs.rm(previous, { force: true });
-    if (durable) await syncDir(dir);
-  }
-  const { size } = await fs.stat(path.join(dir, dbFileName(slot)));
+  const slot = nextSlot(currentSlot);
+  const previous = currentSlot === undefined ? undefined : dbFileName(currentSlot);
+  await replaceFile(storage, dbFileName(slot), [member], durable, previous);
+  await dropPrevious(storage, currentSlot, durable);
+  const size = (await storage.stat(dbFileName(slot)))?.size ?? 0;
   return { slot, compressedSize: size };
 }
 
-/** Replaces the db with a freshly encoded one (rebase); the previous slot is removed. */
-export async function writeWholeDb(dir: string, currentSlot: number | undefined, db: Uint8Array, durable: boolean): Promise<number> {
-  const slot = currentSlot === undefined ? 0 : (currentSlot + 1) % DB_SLOTS;
-  await writeFileAtomic(dir, dbFileName(slot), await gzip(db, { level: 9 }), durable);
-  if (currentSlot !== undefined) {
-    await fs.rm(path.join(dir, dbFileName(currentSlot)), { force: true });
-    if (durable) await syncDir(dir);
+/** Records are gathered into protobuf pieces of about this size before compression. */
+const PIECE_BYTES = 256 * 1024;
+
+/** A Db message in pieces: next_backend_file, then the records. */
+async function* dbPieces(records: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, nextBlockId: number): AsyncGenerator<Uint8Array> {
+  let writer = newWriter();
+  writeNextBackendFile(writer, nextBlockId);
+  let pending = 0;
+  for await (const record of records) {
+    writeHistoryEntry(writer, record);
+    pending += record.length + 6;
+    if (pending >= PIECE_BYTES) {
+      yield writer.finish();
+      writer = newWriter();
+      pending = 0;
+    }
   }
+  yield writer.finish();
+}
+
+
+/**
+ * Writes a whole new db into the slot after `currentSlot` from a stream of encoded records
+ * (rebase), compressing as it goes: memory stays bounded whatever the history's length.
+ */
+export async function writeWholeDb(
+  storage: Storage,
+  currentSlot: number | undefined,
+  encodedRecords: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+  nextBlockId: number,
+  durable: boolean,
+): Promise<number> {
+  const slot = nextSlot(currentSlot);
+  const name = dbFileName(slot);
+  const tmp = name + TMP_SUFFIX;
+  let file: WritableFile | undefined;
+  try {
+    file = await storage.create(tmp);
+    const out = file;
+    let position = 0;
+    await pipeline(
+      Readable.from(dbPieces(encodedRecords, nextBlockId)),
+      zlib.createGzip({ level: 9 }),
+      new Writable({
+        write(chunk: Buffer, _encoding, callback) {
+          out.writev([chunk], position).then(() => {
+            position += chunk.length;
+            callback();
+          }, callback);
+        },
+      }),
+    );
+    if (durable) await durably(`${storage.root}/${tmp}`, 'fsync', () => out.sync());
+    await out.close();
+    file = undefined;
+    await storage.rename(tmp, name);
+  } catch (err) {
+    await file?.close().catch(() => undefined);
+    await storage.remove(tmp).catch(() => undefined);
+    throw err;
+  }
+  if (durable) await durably(storage.root, 'fsync', () => storage.syncDir());
+  await dropPrevious(storage, currentSlot, durable);
   return slot;
 }

@@ -54,3 +54,56 @@ export class StoreStateError extends StoreError {
     super('ESTATE', message);
   }
 }
+
+/**
+ * A file's state on disk is no longer known: an fsync or fdatasync failed (Linux reports a
+ * writeback error once, so a retry would "succeed" over lost pages), or a failed write could
+ * not be cut back. The store stops taking writes when it sees one.
+ */
+export class DurabilityError extends StoreError {
+  constructor(
+    readonly file: string,
+    readonly action: string,
+    override readonly cause: Error,
+  ) {
+    const code = (cause as NodeJS.ErrnoException).code;
+    super('EDURABILITY', `${action} of ${file} failed (${code ? `${code}: ` : ''}${cause.message.replace(/^[A-Z]+: /, '')})`);
+  }
+}
+
+/** Runs a sync (or another step whose failure leaves a file's state unknown) as a DurabilityError. */
+export async function durably(file: string, action: string, step: () => Promise<void>): Promise<void> {
+  try {
+    await step();
+  } catch (err) {
+    throw err instanceof DurabilityError ? err : new DurabilityError(file, action, err as Error);
+  }
+}
+
+/** Writes are stopped after a DurabilityError, until a restart recovers from what is on disk. */
+export class StoreFailedError extends StoreError {
+  constructor(
+    dir: string,
+    readonly reason: DurabilityError,
+  ) {
+    super('EFAILED', `${dir}: writes are stopped because ${reason.message}; reads go on, and a restart recovers from what is on disk`);
+  }
+}
+
+/** Set once, by the first DurabilityError; from then on every write fails with it. */
+export class FailureLatch {
+  failure: StoreFailedError | undefined;
+
+  constructor(
+    private readonly dir: string,
+    private readonly onFailure: (failure: StoreFailedError) => void,
+  ) {}
+
+  fail(reason: DurabilityError): StoreFailedError {
+    if (!this.failure) {
+      this.failure = new StoreFailedError(this.dir, reason);
+      this.onFailure(this.failure);
+    }
+    return this.failure;
+  }
+}

@@ -1,6 +1,8 @@
-/** Names of the files in a store directory, and small file-system helpers shared by the engine. */
-import fs from 'node:fs/promises';
-import path from 'node:path';
+/** Names of the files in a store, and the atomic replacement of one, over a Storage. */
+import { durably } from './errors.js';
+import type { Storage } from './storage/storage.js';
+
+export { SCRATCH_DIR } from './storage/local.js';
 
 export const DB_SLOTS = 10;
 /** Offsets and sizes are signed 32-bit in the format. */
@@ -9,8 +11,8 @@ export const DEFAULT_BLOCK_SIZE = 40 * 1024 * 1024;
 
 export const JOURNAL_FILE = 'zipkv-journal';
 export const LOCK_FILE = 'zipkv.lock';
-/** Scratch space (spooled bodies, multipart parts); emptied whenever a writer opens the store. */
-export const SCRATCH_DIR = 'zipkv-tmp';
+/** Suffix of a file being written aside before it replaces its name. */
+export const TMP_SUFFIX = '.zipkv-tmp';
 
 const BLOCK_RE = /^block(\d{10})$/;
 const DB_RE = /^db(\d{10})$/;
@@ -23,24 +25,18 @@ export function dbFileName(slot: number): string {
   return `db${String(slot).padStart(10, '0')}`;
 }
 
-export interface DirListing {
-  exists: boolean;
+export interface StoreListing {
+  /** Block id -> file name. */
   blocks: Map<number, string>;
+  /** db slots present, ascending. */
   dbSlots: number[];
 }
 
-/** Lists the blocks and db slots of a directory; a missing directory is an empty listing. */
-export async function listStoreDir(dir: string): Promise<DirListing> {
-  let names: string[];
-  try {
-    names = await fs.readdir(dir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { exists: false, blocks: new Map(), dbSlots: [] };
-    throw err;
-  }
+/** The blocks and db slots of a store; a missing directory is an empty listing. */
+export async function listStore(storage: Storage): Promise<StoreListing> {
   const blocks = new Map<number, string>();
   const dbSlots: number[] = [];
-  for (const name of names) {
+  for (const name of await storage.list()) {
     let m = BLOCK_RE.exec(name);
     if (m) {
       blocks.set(Number(m[1]), name);
@@ -50,51 +46,40 @@ export async function listStoreDir(dir: string): Promise<DirListing> {
     if (m && Number(m[1]) < DB_SLOTS) dbSlots.push(Number(m[1]));
   }
   dbSlots.sort((a, b) => a - b);
-  return { exists: true, blocks, dbSlots };
-}
-
-/** fsync of a directory, so that created, renamed and removed entries survive a crash. */
-export async function syncDir(dir: string): Promise<void> {
-  const handle = await fs.open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
+  return { blocks, dbSlots };
 }
 
 /**
- * Writes a file atomically: temporary file (optionally a copy of `copyFrom` with `data`
- * appended), fsync, rename, fsync of the directory. A crash leaves the old file or the new one.
+ * Replaces `name` atomically: a temporary file (optionally a copy of `copyFrom` with `data`
+ * appended) is written and synced, then renamed over `name`, then the directory is synced. A
+ * crash leaves the old file or the new one. A failure before the rename leaves `name` as it
+ * was (the temporary file is removed); a failed sync is a DurabilityError.
  */
-export async function writeFileAtomic(
-  dir: string,
+export async function replaceFile(
+  storage: Storage,
   name: string,
-  data: Uint8Array,
+  data: readonly Uint8Array[],
   durable: boolean,
   copyFrom?: string,
 ): Promise<void> {
-  const tmp = path.join(dir, `${name}.zipkv-tmp`);
-  if (copyFrom) {
-    await fs.copyFile(copyFrom, tmp);
-    await fs.chmod(tmp, 0o600);
-  }
-  const handle = await fs.open(tmp, copyFrom ? 'a' : 'w', 0o600);
+  const tmp = name + TMP_SUFFIX;
   try {
-    await handle.writeFile(data);
-    if (durable) await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  await fs.rename(tmp, path.join(dir, name));
-  if (durable) await syncDir(dir);
-}
-
-export async function fileSize(file: string): Promise<number | undefined> {
-  try {
-    return (await fs.stat(file)).size;
+    let at = 0;
+    if (copyFrom) {
+      await storage.copy(copyFrom, tmp);
+      at = (await storage.stat(tmp))?.size ?? 0;
+    }
+    const file = copyFrom ? await storage.openWrite(tmp) : await storage.create(tmp);
+    try {
+      await file.writev(data, at);
+      if (durable) await durably(tmp, 'fsync', () => file.sync());
+    } finally {
+      await file.close();
+    }
+    await storage.rename(tmp, name);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    await storage.remove(tmp).catch(() => undefined);
     throw err;
   }
+  if (durable) await durably(storage.root, 'fsync', () => storage.syncDir());
 }

@@ -1,18 +1,21 @@
 /**
  * Reading a store's history without opening it as a writer. `readSnapshot` takes a consistent
- * view of db + journal with no lock and no write, so it works on a directory a running server
- * holds; `historyEntries` / `readHistory` stream the records of a snapshot one at a time,
- * labelling copies and, when asked, whether each record is still the live version of its key.
+ * view of db + journal (through recovery, as every reader does) with no lock and no write, so it
+ * works on a directory a running server holds; `historyEntries` streams the records of a
+ * snapshot one at a time, labelling copies and, when asked, whether each record is still the
+ * live version of its key.
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { currentDbSlot, readDbFile } from './db-file.js';
-import { StoreCorruptError, StoreError } from './errors.js';
-import { JOURNAL_FILE, blockFileName, dbFileName, listStoreDir } from './files.js';
-import { readJournal } from './journal.js';
-import { fromRawKey, toRawKey } from './object-index.js';
-import { type Location, type RawRecord, dbRecordSpans, decodeMetadata, decodeRawRecord, decodeRecordKey, scanDb } from './schema.js';
+import { StoreError, StoreStateError } from './errors.js';
+import { JOURNAL_FILE } from './files.js';
+import { type PutFields, fromRawKey, toRawKey } from './object-index.js';
+import { type RecoveredHistory, recoverHistory } from './recovery.js';
+import { type RecordBytes, decodeRecord, locationOf, replayDbRecords } from './replay.js';
+import { type Location, type RawRecord, decodeMetadata } from './schema.js';
+import { LocalStorage } from './storage/local.js';
+import { fileStream } from './storage/storage.js';
 
 /** The directory does not exist, or is not a directory. */
 export class StoreNotFoundError extends StoreError {
@@ -33,45 +36,45 @@ export class RevisionOutOfRangeError extends StoreError {
   }
 }
 
-export interface StoreSnapshot {
+/** A consistent view of a store's history, read without the lock: see `readSnapshot`. */
+export interface StoreSnapshot extends RecoveredHistory {
   dir: string;
-  /** The db file that was read, if the store has one. */
+  /** The db file's path, if the store has one. */
   dbFile: string | undefined;
-  dbSlot: number | undefined;
-  /** The uncompressed Db message. */
-  db: Buffer | undefined;
-  dbRecords: number;
-  dbNextBackendFile: number;
   journalFile: string;
-  /** The records the journal adds after the db's (revisions dbRecords, dbRecords + 1, ...). */
-  journalRecords: RawRecord[];
-  /** The same records, encoded, as the journal holds them. */
-  journalPayloads: Uint8Array[];
-  /** Block id -> file size, taken after the journal was read. */
-  blocks: Map<number, number>;
-  /** Records in the history (db + journal). */
-  total: number;
-  /** Things a reader should know: a torn journal tail, records recovery would ignore. */
-  warnings: string[];
 }
 
 const SNAPSHOT_ATTEMPTS = 5;
 
 /**
- * Reads db, then journal, then block sizes. A checkpoint between the db and the journal shows
- * as a journal whose base revision is beyond the db's record count (or a db file that vanished
- * between listing and reading): the read is then retried.
+ * Reads a store's history the way recovery does, with no lock and no write, so it works on a
+ * directory a running server holds. The db stays open until `closeSnapshot`, so the records can
+ * be streamed again even after a checkpoint replaces the file. A db slot that vanished between
+ * listing and opening (a concurrent checkpoint) makes it try again.
  */
 export async function readSnapshot(dir: string): Promise<StoreSnapshot> {
   await assertStoreDirectory(dir);
+  const storage = new LocalStorage(dir);
   for (let attempt = 1; ; attempt++) {
-    const last = attempt === SNAPSHOT_ATTEMPTS;
-    const snapshot = await trySnapshot(dir, last);
-    if (snapshot) return snapshot;
-    if (last) break;
-    await sleep(20 * attempt);
+    try {
+      const recovered = await recoverHistory(storage, { keepDb: true });
+      return {
+        ...recovered,
+        dir,
+        dbFile: recovered.dbName === undefined ? undefined : path.join(dir, recovered.dbName),
+        journalFile: path.join(dir, JOURNAL_FILE),
+      };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt === SNAPSHOT_ATTEMPTS) throw err;
+      await sleep(20 * attempt);
+    }
   }
-  throw new StoreCorruptError(`${dir}: the db and journal kept changing while being read; try again`);
+}
+
+/** Releases the db a snapshot holds open. */
+export async function closeSnapshot(snapshot: StoreSnapshot): Promise<void> {
+  await snapshot.db?.close();
+  snapshot.db = undefined;
 }
 
 /** Throws StoreNotFoundError unless `dir` is an existing directory. */
@@ -86,171 +89,59 @@ export async function assertStoreDirectory(dir: string): Promise<void> {
   if (!stat.isDirectory()) throw new StoreNotFoundError(`${dir} is not a directory`);
 }
 
-/** One attempt; undefined when a concurrent checkpoint got in the way. */
-async function trySnapshot(dir: string, lastAttempt: boolean): Promise<StoreSnapshot | undefined> {
-  const listing = await listStoreDir(dir);
-  const dbSlot = currentDbSlot(listing.dbSlots, dir);
-  const dbFile = dbSlot === undefined ? undefined : path.join(dir, dbFileName(dbSlot));
-  let db: Buffer | undefined;
-  let dbRecords = 0;
-  let dbNextBackendFile = 0;
-  if (dbFile) {
-    try {
-      db = await readDbFile(dbFile);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw err;
-    }
-    // A limit of 0 counts the records without decoding them.
-    ({ records: dbRecords, nextBackendFile: dbNextBackendFile } = scanDb(db, dbFile, () => undefined, 0));
-  }
-
-  const journalFile = path.join(dir, JOURNAL_FILE);
-  const journal = await readJournal(dir);
-  const warnings: string[] = [];
-  if (journal && journal.baseRevision > dbRecords) {
-    if (!lastAttempt) return undefined;
-    if (journal.records.length > 0) {
-      throw new StoreCorruptError(
-        `${journalFile} continues revision ${journal.baseRevision}, but the db holds only ${dbRecords} records: ` +
-          'the db is older than the journal (was a db file replaced or removed?)',
-      );
-    }
-  }
-  const blocks = await blockSizes(dir);
-  const journalRecords: RawRecord[] = [];
-  const journalPayloads: Uint8Array[] = [];
-  if (journal && journal.baseRevision >= 0 && journal.baseRevision <= dbRecords) {
-    // The same rules as recovery, so the history shown is the one the server serves.
-    let rev = journal.baseRevision;
-    for (let i = 0; i < journal.records.length; i++, rev++) {
-      if (rev < dbRecords) continue; // already folded into the db
-      const payload = journal.records[i]!;
-      let record: RawRecord;
-      try {
-        record = decodeRawRecord(payload, 0, payload.length, journalFile, rev);
-      } catch (err) {
-        warnings.push(`${(err as Error).message}; recovery ignores it and ${journal.records.length - i - 1} later records`);
-        break;
-      }
-      const problem = record.kind === 'put' ? locationProblem(record.location, blocks) : undefined;
-      if (problem) {
-        warnings.push(`${journalFile}: revision ${rev} ${problem}; recovery stops before it`);
-        break;
-      }
-      journalRecords.push(record);
-      journalPayloads.push(payload);
-    }
-  }
-  if (journal && journal.ignoredBytes > 0) {
-    warnings.push(
-      `${journalFile}: ${journal.ignoredBytes} bytes at the end are not a complete record ` +
-        '(a write in progress, or a torn write); ignored',
-    );
-  }
-  return {
-    dir,
-    dbFile,
-    dbSlot,
-    db,
-    dbRecords,
-    dbNextBackendFile,
-    journalFile,
-    journalRecords,
-    journalPayloads,
-    blocks,
-    total: dbRecords + journalRecords.length,
-    warnings,
-  };
-}
-
-async function blockSizes(dir: string): Promise<Map<number, number>> {
-  const listing = await listStoreDir(dir);
-  const sizes = new Map<number, number>();
-  await Promise.all(
-    [...listing.blocks].map(async ([id, name]) => {
-      try {
-        sizes.set(id, (await fs.stat(path.join(dir, name))).size);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      }
-    }),
-  );
-  return sizes;
-}
-
-/** Why a put's location cannot be served from these blocks, or undefined when it can. */
-export function locationProblem(loc: Location, blocks: ReadonlyMap<number, number>): string | undefined {
-  if (loc.offset < 0 || loc.size < 0 || loc.block < 0) return 'has a negative block, offset or size';
-  if (loc.size === 0) return undefined;
-  const size = blocks.get(loc.block);
-  if (size === undefined) return `points into ${blockFileName(loc.block)}, which does not exist`;
-  if (loc.offset + loc.size > size) {
-    return `points past the end of ${blockFileName(loc.block)} (${loc.offset}+${loc.size} > ${size} bytes)`;
-  }
-  return undefined;
-}
-
-/** The id the next block would get: never one the db counts or one on disk. */
-export function nextBlockIdOf(snapshot: StoreSnapshot): number {
-  let next = snapshot.dbNextBackendFile;
-  for (const id of snapshot.blocks.keys()) next = Math.max(next, id + 1);
-  return next;
-}
-
 export interface SnapshotRecord {
   rev: number;
   record: RawRecord;
 }
 
+/** The records of a snapshot in order, each made by `make`; the db is streamed, never held whole. */
+async function* snapshotItems<T>(
+  snapshot: StoreSnapshot,
+  make: { put(rawKey: string, fields: PutFields, rev: number, bytes: RecordBytes): T; delete(rawKey: string, rev: number, bytes: RecordBytes): T },
+): AsyncGenerator<T> {
+  if (snapshot.dbName !== undefined) {
+    if (!snapshot.db) throw new StoreStateError(`${snapshot.dir}: the snapshot is closed`);
+    yield* replayDbRecords(fileStream(snapshot.db), snapshot.dbFile!, make);
+  }
+  let rev = snapshot.dbRecords;
+  for (const payload of snapshot.journalPayloads) {
+    let item: T | undefined;
+    decodeRecord(payload, snapshot.journalFile, rev++, { put: (...a) => void (item = make.put(...a)), delete: (...a) => void (item = make.delete(...a)) });
+    yield item!;
+  }
+}
+
 /** Every record of a snapshot in order, decoded one at a time. */
-export function* snapshotRecords(snapshot: StoreSnapshot): Generator<SnapshotRecord> {
-  let rev = 0;
-  if (snapshot.db && snapshot.dbFile) {
-    const { db, dbFile } = snapshot;
-    for (const span of dbRecordSpans(db, dbFile)) {
-      yield { rev, record: decoding(dbFile, rev, () => decodeRawRecord(db, span.start, span.end, dbFile, rev)) };
-      rev++;
-    }
-  }
-  for (const record of snapshot.journalRecords) yield { rev: rev++, record };
+export function snapshotRecords(snapshot: StoreSnapshot): AsyncGenerator<SnapshotRecord> {
+  return snapshotItems<SnapshotRecord>(snapshot, {
+    put: (rawKey, fields, rev) => ({ rev, record: { kind: 'put', rawKey, location: locationOf(fields) } }),
+    delete: (rawKey, rev) => ({ rev, record: { kind: 'delete', rawKey } }),
+  });
 }
 
-/** The revision, kind and raw key of every record, leaving locations undecoded (much cheaper). */
-export function* snapshotKeys(snapshot: StoreSnapshot): Generator<{ rev: number; kind: 'put' | 'delete'; rawKey: string }> {
-  let rev = 0;
-  if (snapshot.db && snapshot.dbFile) {
-    const { db, dbFile } = snapshot;
-    for (const span of dbRecordSpans(db, dbFile)) {
-      const { kind, rawKey } = decoding(dbFile, rev, () => decodeRecordKey(db, span.start, span.end, dbFile, rev));
-      yield { rev: rev++, kind, rawKey };
-    }
-  }
-  for (const record of snapshot.journalRecords) yield { rev: rev++, kind: record.kind, rawKey: record.rawKey };
+export interface RecordKey {
+  rev: number;
+  kind: 'put' | 'delete';
+  rawKey: string;
 }
 
-/** Runs a decoder, reporting a malformed record (protobufjs throws a bare RangeError) as corruption. */
-function decoding<T>(file: string, rev: number, decode: () => T): T {
-  try {
-    return decode();
-  } catch (err) {
-    if (err instanceof StoreCorruptError) throw err;
-    throw new StoreCorruptError(`${file}: revision ${rev} cannot be decoded: ${(err as Error).message}`);
-  }
+/** The revision, kind and raw key of every record, leaving locations aside (much cheaper). */
+export function snapshotKeys(snapshot: StoreSnapshot): AsyncGenerator<RecordKey> {
+  return snapshotItems<RecordKey>(snapshot, {
+    put: (rawKey, _fields, rev) => ({ rev, kind: 'put', rawKey }),
+    delete: (rawKey, rev) => ({ rev, kind: 'delete', rawKey }),
+  });
 }
 
 /** The first `count` records of a snapshot, encoded as on disk (rebase copies them verbatim). */
-export function* snapshotPayloads(snapshot: StoreSnapshot, count: number): Generator<Uint8Array> {
-  let rev = 0;
-  if (snapshot.db && snapshot.dbFile) {
-    for (const span of dbRecordSpans(snapshot.db, snapshot.dbFile)) {
-      if (rev++ >= count) return;
-      yield snapshot.db.subarray(span.start, span.end);
-    }
-  }
-  for (const payload of snapshot.journalPayloads) {
-    if (rev++ >= count) return;
-    yield payload;
+export async function* snapshotPayloads(snapshot: StoreSnapshot, count: number): AsyncGenerator<Uint8Array> {
+  const bytesOf = (b: RecordBytes) => b.buf.subarray(b.start, b.end);
+  for await (const { rev, bytes } of snapshotItems(snapshot, {
+    put: (_k, _f, rev, bytes) => ({ rev, bytes: bytesOf(bytes) }),
+    delete: (_k, rev, bytes) => ({ rev, bytes: bytesOf(bytes) }),
+  })) {
+    if (rev >= count) return;
+    yield bytes;
   }
 }
 
@@ -318,17 +209,17 @@ export interface HistoryOptions extends HistoryFilter {
 }
 
 /** The entries of a snapshot that pass the filter, in order; streams unless `tail` is set. */
-export function* historyEntries(snapshot: StoreSnapshot, opts: HistoryOptions = {}): Generator<HistoryEntry> {
+export async function* historyEntries(snapshot: StoreSnapshot, opts: HistoryOptions = {}): AsyncGenerator<HistoryEntry> {
   const rawKey = opts.key === undefined ? undefined : toRawKey(opts.key);
   const rawPrefix = opts.prefix === undefined ? undefined : toRawKey(opts.prefix);
   const keyMatches = (raw: string) => (rawKey === undefined || raw === rawKey) && (rawPrefix === undefined || raw.startsWith(rawPrefix));
   const from = opts.from ?? 0;
   const to = opts.to ?? Infinity;
-  const lastRevOfKey = opts.live ? lastRevisions(snapshot, keyMatches) : undefined;
+  const lastRevOfKey = opts.live ? await lastRevisions(snapshot, keyMatches) : undefined;
   const tail = opts.tail === undefined ? undefined : new Ring<HistoryEntry>(opts.tail);
-  const records: Iterable<LocatedRecord> = opts.locations === false && opts.op === undefined ? snapshotKeys(snapshot) : locatedRecords(snapshot);
+  const records: AsyncIterable<LocatedRecord> = opts.locations === false && opts.op === undefined ? snapshotKeys(snapshot) : locatedRecords(snapshot);
 
-  for (const record of records) {
+  for await (const record of records) {
     const { rev } = record;
     if (rev > to) break;
     if (rev < from || !keyMatches(record.rawKey)) continue;
@@ -352,19 +243,13 @@ interface LocatedRecord {
 }
 
 /** Every record with its location, puts labelled with the revision they copy, if any. */
-function* locatedRecords(snapshot: StoreSnapshot): Generator<LocatedRecord> {
+async function* locatedRecords(snapshot: StoreSnapshot): AsyncGenerator<LocatedRecord> {
   // Every put is observed, whatever the filters, so that copies of earlier puts are recognised.
   const copies = new CopyDetector();
-  for (const { rev, record } of snapshotRecords(snapshot)) {
+  for await (const { rev, record } of snapshotRecords(snapshot)) {
     if (record.kind === 'delete') yield { rev, kind: 'delete', rawKey: record.rawKey };
     else yield { rev, kind: 'put', rawKey: record.rawKey, location: record.location, copyOf: copies.observe(record.location, rev) };
   }
-}
-
-/** The same entries, reading the snapshot first when given a directory. */
-export async function* readHistory(source: string | StoreSnapshot, opts: HistoryOptions = {}): AsyncGenerator<HistoryEntry> {
-  const snapshot = typeof source === 'string' ? await readSnapshot(source) : source;
-  yield* historyEntries(snapshot, opts);
 }
 
 const NON_ASCII = /[^\x00-\x7f]/;
@@ -375,9 +260,9 @@ function keyOf(raw: string): string {
 }
 
 /** Raw key -> revision of its last record, for the keys `wanted` accepts. */
-function lastRevisions(snapshot: StoreSnapshot, wanted: (raw: string) => boolean): Map<string, number> {
+async function lastRevisions(snapshot: StoreSnapshot, wanted: (raw: string) => boolean): Promise<Map<string, number>> {
   const last = new Map<string, number>();
-  for (const { rev, rawKey } of snapshotKeys(snapshot)) {
+  for await (const { rev, rawKey } of snapshotKeys(snapshot)) {
     if (wanted(rawKey)) last.set(rawKey, rev);
   }
   return last;
@@ -419,14 +304,14 @@ export interface RevisionDetail extends HistoryEntry {
   lastRevOfKey: number;
 }
 
-export function describeRevision(snapshot: StoreSnapshot, rev: number): RevisionDetail {
+export async function describeRevision(snapshot: StoreSnapshot, rev: number): Promise<RevisionDetail> {
   if (!Number.isInteger(rev) || rev < 0 || rev >= snapshot.total) {
     throw new RevisionOutOfRangeError(snapshot.dir, rev, snapshot.total);
   }
   const copies = new CopyDetector();
   let found: { record: RawRecord; copyOf: number | undefined } | undefined;
   let lastRevOfKey = rev;
-  for (const item of snapshotRecords(snapshot)) {
+  for await (const item of snapshotRecords(snapshot)) {
     const copyOf = item.record.kind === 'put' ? copies.observe(item.record.location, item.rev) : undefined;
     if (item.rev === rev) found = { record: item.record, copyOf };
     else if (found && item.record.rawKey === found.record.rawKey) lastRevOfKey = item.rev;

@@ -6,14 +6,13 @@
  *   record  u32 payload length | u32 CRC-32 of payload | payload (an encoded HistoryRecord)
  *
  * The base revision is the number of history records of the db the journal continues. After a
- * crash between writing a new db and resetting the journal, records below the db's length are
- * already in the db and are skipped. Recovery stops at the first torn or corrupt record.
+ * crash between writing a new db and replacing the journal, records below the db's length are
+ * already in the db (recovery compares them). Recovery stops at the first torn or corrupt record.
  */
-import fs from 'node:fs/promises';
-import path from 'node:path';
 import zlib from 'node:zlib';
-import { StoreCorruptError } from './errors.js';
-import { JOURNAL_FILE, writeFileAtomic } from './files.js';
+import { StoreCorruptError, durably } from './errors.js';
+import { JOURNAL_FILE, TMP_SUFFIX } from './files.js';
+import { type Storage, type WritableFile, readFully } from './storage/storage.js';
 
 const MAGIC = 0x4a564b5a; // "ZKVJ" read as a little-endian u32
 const VERSION = 1;
@@ -23,12 +22,11 @@ const FRAME_HEADER_SIZE = 8;
 const MAX_RECORD_SIZE = 16 * 1024 * 1024;
 
 export interface JournalContents {
+  /** -1 when the file is too short to hold a header. */
   baseRevision: number;
   records: Uint8Array[];
   /** Bytes after the last good record (a torn write or damage); 0 when the journal is clean. */
   ignoredBytes: number;
-  /** File size up to the end of the last good record. */
-  validSize: number;
 }
 
 function header(baseRevision: number): Buffer {
@@ -53,26 +51,31 @@ export function frameRecords(payloads: readonly Uint8Array[]): Buffer {
   return out;
 }
 
-/** Reads the journal of `dir`; undefined when there is none. */
-export async function readJournal(dir: string): Promise<JournalContents | undefined> {
-  const file = path.join(dir, JOURNAL_FILE);
-  let buf: Buffer;
+/** Reads the journal; undefined when there is none. */
+export async function readJournal(storage: Storage): Promise<JournalContents | undefined> {
+  let file;
   try {
-    buf = await fs.readFile(file);
+    file = await storage.openRead(JOURNAL_FILE);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw err;
   }
-  return parseJournal(buf, file);
+  try {
+    const buf = Buffer.allocUnsafe(await file.size());
+    await readFully(file, buf, buf.length, 0);
+    return parseJournal(buf, `${storage.root}/${JOURNAL_FILE}`);
+  } finally {
+    await file.close();
+  }
 }
 
-export function parseJournal(buf: Buffer, file: string): JournalContents {
+export function parseJournal(buf: Buffer, where: string): JournalContents {
   if (buf.length < JOURNAL_HEADER_SIZE) {
-    // Only a crash while creating the journal leaves it this short: it held no record.
-    return { baseRevision: -1, records: [], ignoredBytes: buf.length, validSize: 0 };
+    // Journals are created whole (written aside, then renamed): this is damage, holding nothing.
+    return { baseRevision: -1, records: [], ignoredBytes: buf.length };
   }
   if (buf.readUInt32LE(0) !== MAGIC || buf.readUInt32LE(4) !== VERSION) {
-    throw new StoreCorruptError(`${file}: not a zipkv journal (bad magic or version)`);
+    throw new StoreCorruptError(`${where}: not a zipkv journal (bad magic or version)`);
   }
   const baseRevision = Number(buf.readBigUInt64LE(8));
   const records: Uint8Array[] = [];
@@ -87,22 +90,42 @@ export function parseJournal(buf: Buffer, file: string): JournalContents {
     records.push(payload);
     pos = end;
   }
-  return { baseRevision, records, ignoredBytes: buf.length - pos, validSize: pos };
+  return { baseRevision, records, ignoredBytes: buf.length - pos };
 }
 
 /** Appends framed records; one writer per store, and callers serialise appends. */
 export class JournalWriter {
   private constructor(
-    private readonly handle: fs.FileHandle,
+    private readonly file: WritableFile,
+    private readonly where: string,
     private position: number,
     readonly baseRevision: number,
   ) {}
 
-  /** Starts a new, empty journal after `baseRevision` records, replacing any previous one. */
-  static async create(dir: string, baseRevision: number, durable: boolean): Promise<JournalWriter> {
-    await writeFileAtomic(dir, JOURNAL_FILE, header(baseRevision), durable);
-    const handle = await fs.open(path.join(dir, JOURNAL_FILE), 'r+');
-    return new JournalWriter(handle, JOURNAL_HEADER_SIZE, baseRevision);
+  /**
+   * Makes a journal after `baseRevision` records holding `records` (those written since), and
+   * puts it in place of the previous one. The new file is opened, written and synced before it
+   * replaces the old one, so the writer is never left on a file that is not the journal: if
+   * anything fails before the rename, the previous journal is still the journal.
+   */
+  static async create(storage: Storage, baseRevision: number, records: readonly Uint8Array[], durable: boolean): Promise<JournalWriter> {
+    const tmp = JOURNAL_FILE + TMP_SUFFIX;
+    const where = `${storage.root}/${JOURNAL_FILE}`;
+    const frames = frameRecords(records);
+    let file: WritableFile | undefined;
+    try {
+      file = await storage.create(tmp);
+      await file.writev([header(baseRevision), frames], 0);
+      if (durable) await durably(`${storage.root}/${tmp}`, 'fdatasync', () => file!.datasync());
+      await storage.rename(tmp, JOURNAL_FILE);
+    } catch (err) {
+      await file?.close().catch(() => undefined);
+      await storage.remove(tmp).catch(() => undefined);
+      throw err;
+    }
+    const writer = new JournalWriter(file, where, JOURNAL_HEADER_SIZE + frames.length, baseRevision);
+    if (durable) await durably(storage.root, 'fsync', () => storage.syncDir());
+    return writer;
   }
 
   /** Bytes of records since the header. */
@@ -111,27 +134,23 @@ export class JournalWriter {
   }
 
   /**
-   * Appends records and, when durable, fsyncs them. On failure the journal is cut back to its
+   * Appends records and, when durable, fdatasyncs them. A failed write is cut back to the
    * previous end, so a partly written frame never hides the records appended after it.
    */
   async append(payloads: readonly Uint8Array[], durable: boolean): Promise<void> {
     const frames = frameRecords(payloads);
     const start = this.position;
     try {
-      let written = 0;
-      while (written < frames.length) {
-        const { bytesWritten } = await this.handle.write(frames, written, frames.length - written, start + written);
-        written += bytesWritten;
-      }
-      if (durable) await this.handle.datasync();
+      await this.file.writev([frames], start);
     } catch (err) {
-      await this.handle.truncate(start);
+      await durably(this.where, 'truncating after a failed write', () => this.file.truncate(start));
       throw err;
     }
+    if (durable) await durably(this.where, 'fdatasync', () => this.file.datasync());
     this.position = start + frames.length;
   }
 
   async close(): Promise<void> {
-    await this.handle.close();
+    await this.file.close();
   }
 }

@@ -66,7 +66,8 @@ export interface PutFields {
   meta: string | undefined;
   buf: Uint8Array;
   md5At: number;
-  mtime: number;
+  /** Write time in ms since the epoch, 0 when unknown. */
+  modifiedMs: number;
   etag: string | undefined;
 }
 
@@ -277,7 +278,7 @@ export class ObjectIndex {
     this.blocks[slot] = f.block;
     this.offsets[slot] = f.offset;
     this.sizes[slot] = f.size;
-    this.mtimes[slot] = storableTime(f.mtime);
+    this.mtimes[slot] = storableTime(Math.floor(f.modifiedMs / 1000));
     this.extras[slot] = extra(f.meta, f.etag);
     if (f.md5At >= 0) {
       const md5s = this.md5s;

@@ -7,15 +7,14 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { writeWholeDb } from './db-file.js';
+import { writeNextDb, writeWholeDb } from './db-file.js';
 import { DigestMismatchError, StoreCorruptError, StoreError } from './errors.js';
-import { JOURNAL_FILE, dbFileName, listStoreDir, syncDir } from './files.js';
+import { JOURNAL_FILE, dbFileName, listStore } from './files.js';
 import {
   RevisionOutOfRangeError,
   type StoreSnapshot,
   assertStoreDirectory,
-  locationProblem,
-  nextBlockIdOf,
+  closeSnapshot,
   readSnapshot,
   snapshotPayloads,
   snapshotRecords,
@@ -23,7 +22,9 @@ import {
 import { JournalWriter } from './journal.js';
 import { DirectoryLock } from './lock.js';
 import { fromRawKey } from './object-index.js';
-import { newWriter, writeHistoryEntry, writeNextBackendFile } from './schema.js';
+import { locationProblem } from './recovery.js';
+import { LocalStorage } from './storage/local.js';
+import type { Storage } from './storage/storage.js';
 import { type Store, openStore } from './store.js';
 
 /** `rebase --into` was given a directory that already holds a store. */
@@ -57,7 +58,8 @@ export interface RebaseSummary {
   liveBytesBefore: number;
   liveObjectsAfter: number;
   liveBytesAfter: number;
-  nextBackendFile: number;
+  /** The next block id the new db records. */
+  nextBlockId: number;
   /** Set when the rebase was carried out. */
   done?: {
     previousDb: string | undefined;
@@ -73,6 +75,8 @@ export interface RebaseInPlaceOptions {
   dryRun?: boolean;
   /** Time used in the backup names (tests pin it). */
   now?: Date;
+  /** Where the db and journal are written (default: the directory); tests inject faults here. */
+  storage?: Storage;
 }
 
 const SAMPLE_KEYS = 20;
@@ -80,20 +84,24 @@ const SAMPLE_KEYS = 20;
 /**
  * Makes history[0..to] the whole history of `dir`. Refuses while another process holds the
  * directory; checks everything before writing anything. The order of the writes is chosen so
- * that a crash never serves a state that did not exist: the journal is emptied first (a crash
- * then leaves the previous db alone, an earlier state, with the journal's records in the
- * backup), then the new db is written atomically into the next slot.
+ * that a crash at any point leaves either the whole history or the rebased one, never less:
+ * the journal's records are first folded into a db of their own, so the journal can then be
+ * emptied without losing them, and only then is the rebased db written into the next slot.
  */
 export async function rebaseInPlace(dir: string, to: number, opts: RebaseInPlaceOptions = {}): Promise<RebaseSummary> {
   await assertStoreDirectory(dir);
   const lock = opts.dryRun ? undefined : await DirectoryLock.acquire(dir);
   try {
     const snapshot = await readSnapshot(dir);
-    if (!Number.isInteger(to) || to < 0 || to >= snapshot.total) throw new RevisionOutOfRangeError(dir, to, snapshot.total);
-    const summary = planRebase(snapshot, to, opts.dryRun === true);
-    if (opts.dryRun) return summary;
-    summary.done = await rewriteDb(snapshot, to, summary.nextBackendFile, opts.now ?? new Date());
-    return summary;
+    try {
+      if (!Number.isInteger(to) || to < 0 || to >= snapshot.total) throw new RevisionOutOfRangeError(dir, to, snapshot.total);
+      const summary = await planRebase(snapshot, to, opts.dryRun === true);
+      if (opts.dryRun) return summary;
+      summary.done = await rewriteDb(snapshot, to, summary.nextBlockId, opts.now ?? new Date(), opts.storage ?? new LocalStorage(dir));
+      return summary;
+    } finally {
+      await closeSnapshot(snapshot);
+    }
   } finally {
     await lock?.release();
   }
@@ -105,11 +113,11 @@ interface KeyState {
 }
 
 /** One pass over the history: what the rebase changes, and whether history[0..to] is servable. */
-function planRebase(snapshot: StoreSnapshot, to: number, dryRun: boolean): RebaseSummary {
+async function planRebase(snapshot: StoreSnapshot, to: number, dryRun: boolean): Promise<RebaseSummary> {
   const state = new Map<string, KeyState>();
   let atTo = new Map<string, KeyState>();
   let maxBlock = -1;
-  for (const { rev, record } of snapshotRecords(snapshot)) {
+  for await (const { rev, record } of snapshotRecords(snapshot)) {
     if (record.kind === 'put') {
       const loc = record.location;
       if (rev <= to) {
@@ -155,7 +163,7 @@ function planRebase(snapshot: StoreSnapshot, to: number, dryRun: boolean): Rebas
     liveObjectsAfter: atTo.size,
     liveBytesAfter: bytesOf(atTo),
     // Never lower: block ids past the kept history stay used, so later blocks never reuse them.
-    nextBackendFile: Math.max(nextBlockIdOf(snapshot), maxBlock + 1),
+    nextBlockId: Math.max(snapshot.nextBlockId, maxBlock + 1),
   };
 }
 
@@ -175,14 +183,14 @@ class ChangeList {
   }
 }
 
-async function rewriteDb(snapshot: StoreSnapshot, to: number, nextBackendFile: number, now: Date): Promise<NonNullable<RebaseSummary['done']>> {
+async function rewriteDb(
+  snapshot: StoreSnapshot,
+  to: number,
+  nextBlockId: number,
+  now: Date,
+  storage: Storage,
+): Promise<NonNullable<RebaseSummary['done']>> {
   const { dir } = snapshot;
-  const writer = newWriter();
-  writeNextBackendFile(writer, nextBackendFile);
-  // Records are copied as they are on disk: nothing the original or zipkv stored is re-encoded.
-  for (const payload of snapshotPayloads(snapshot, to + 1)) writeHistoryEntry(writer, payload);
-  const db = writer.finish();
-
   const stamp = timestamp(now);
   const previousDb = snapshot.dbFile;
   const backupDb = previousDb ? await backup(previousDb, path.join(dir, `db-before-rebase-${stamp}`)) : undefined;
@@ -190,15 +198,23 @@ async function rewriteDb(snapshot: StoreSnapshot, to: number, nextBackendFile: n
   const backupJournal = await backup(journalFile, path.join(dir, `zipkv-journal-before-rebase-${stamp}`));
   // A crash can leave an older slot beside the current one; it must not outlive the rebase,
   // or the next reader would see two slots that are not neighbours.
-  const leftovers = (await listStoreDir(dir)).dbSlots.filter((slot) => slot !== snapshot.dbSlot);
-  for (const slot of leftovers) await backup(path.join(dir, dbFileName(slot)), path.join(dir, `db-before-rebase-${stamp}-older-slot-${slot}`));
-  await syncDir(dir);
+  for (const slot of snapshot.staleDbSlots) {
+    await backup(path.join(dir, dbFileName(slot)), path.join(dir, `db-before-rebase-${stamp}-older-slot-${slot}`));
+    await storage.remove(dbFileName(slot));
+  }
+  await storage.syncDir();
 
-  const journal = await JournalWriter.create(dir, to + 1, true);
-  await journal.close();
-  const slot = await writeWholeDb(dir, snapshot.dbSlot, db, true);
-  for (const old of leftovers) if (old !== slot) await fs.rm(path.join(dir, dbFileName(old)), { force: true });
-  if (leftovers.length > 0) await syncDir(dir);
+  // 1. The journal's records go into a db of their own (the whole history, on disk twice).
+  let slot = snapshot.dbSlot;
+  if (snapshot.journalPayloads.length > 0) {
+    slot = (await writeNextDb(storage, slot, snapshot.journalPayloads, snapshot.nextBlockId, true)).slot;
+  }
+  // 2. The journal is emptied: it now continues the rebased history, and until step 3 the db
+  //    still holds every record (recovery takes a journal behind its db as already folded).
+  await (await JournalWriter.create(storage, to + 1, [], true)).close();
+  // 3. The rebased db replaces it. Records are copied as they are on disk: nothing the original
+  //    or zipkv stored is re-encoded.
+  slot = await writeWholeDb(storage, slot, snapshotPayloads(snapshot, to + 1), nextBlockId, true);
 
   const newDb = path.join(dir, dbFileName(slot));
   const undo = [`rm ${shellQuote(path.resolve(newDb))}`];
@@ -282,12 +298,18 @@ export async function rebaseInto(src: string, dst: string, opts: RebaseIntoOptio
     throw new DestinationNotEmptyError(`${dst} is the source directory; --into needs another, empty directory`);
   }
   const snapshot = await readSnapshot(src);
+  let expected;
+  try {
+    expected = await liveAt(snapshot, opts.revision ?? snapshot.total - 1);
+  } finally {
+    await closeSnapshot(snapshot);
+  }
   const revision = opts.revision ?? snapshot.total - 1;
   if (opts.revision !== undefined && (!Number.isInteger(revision) || revision < 0 || revision >= snapshot.total)) {
     throw new RevisionOutOfRangeError(src, revision, snapshot.total);
   }
   const created = await prepareDestination(dst);
-  const source = await openSourceAt(src, revision, liveAt(snapshot, revision));
+  const source = await openSourceAt(src, revision, expected);
   let ok = false;
   try {
     const copied = await copyLiveObjects(source, dst, opts);
@@ -300,7 +322,7 @@ export async function rebaseInto(src: string, dst: string, opts: RebaseIntoOptio
       revision,
       ...copied,
       sourceBlocks: snapshot.blocks.size,
-      sourceBlockBytes: [...snapshot.blocks.values()].reduce((a, b) => a + b, 0),
+      sourceBlockBytes: [...snapshot.blocks.values()].reduce((a, b) => a + b.size, 0),
       blocks: sizes.length,
       blockBytes: sizes.reduce((a, b) => a + b, 0),
     };
@@ -320,6 +342,7 @@ async function prepareDestination(dst: string): Promise<boolean> {
     return true;
   }
   const existing = await readSnapshot(dst);
+  await closeSnapshot(existing);
   if (existing.total > 0) {
     throw new DestinationNotEmptyError(
       `${dst} already holds a store (${existing.total} revisions); rebase --into needs an empty or new directory`,
@@ -336,9 +359,9 @@ async function exists(file: string): Promise<boolean> {
 }
 
 /** Objects and bytes live after `revision` (inclusive), as the snapshot has them. */
-function liveAt(snapshot: StoreSnapshot, revision: number): { objects: number; bytes: number } {
+async function liveAt(snapshot: StoreSnapshot, revision: number): Promise<{ objects: number; bytes: number }> {
   const sizes = new Map<string, number>();
-  for (const { rev, record } of snapshotRecords(snapshot)) {
+  for await (const { rev, record } of snapshotRecords(snapshot)) {
     if (rev > revision) break;
     if (record.kind === 'put') sizes.set(record.rawKey, record.location.size);
     else sizes.delete(record.rawKey);
@@ -357,7 +380,7 @@ async function openSourceAt(src: string, revision: number, expected: { objects: 
   for (let attempt = 0; attempt < 5; attempt++) {
     const store = await openStore(src, revision < 0 ? { readOnly: true } : { revision });
     const { liveObjects, liveBytes } = store.stats();
-    if (store.revision === revision + 1 && liveObjects === expected.objects && liveBytes === expected.bytes) return store;
+    if (store.revision === revision && liveObjects === expected.objects && liveBytes === expected.bytes) return store;
     await store.close();
   }
   throw new StoreCorruptError(`${src} kept changing while being opened at revision ${revision}; try again`);
@@ -416,7 +439,7 @@ async function copyLiveObjects(
 
 /** fsync of every file of a store and of its directory. */
 async function syncStoreFiles(dir: string): Promise<void> {
-  const listing = await listStoreDir(dir);
+  const listing = await listStore(new LocalStorage(dir));
   const names = [...listing.blocks.values(), ...listing.dbSlots.map(dbFileName), JOURNAL_FILE];
   for (const name of names) {
     let handle;
@@ -432,11 +455,11 @@ async function syncStoreFiles(dir: string): Promise<void> {
       await handle.close();
     }
   }
-  await syncDir(dir);
+  await new LocalStorage(dir).syncDir();
 }
 
 async function blockSizesOf(dir: string): Promise<Map<number, number>> {
-  const listing = await listStoreDir(dir);
+  const listing = await listStore(new LocalStorage(dir));
   const sizes = new Map<number, number>();
   for (const [id, name] of listing.blocks) sizes.set(id, (await fs.stat(path.join(dir, name))).size);
   return sizes;

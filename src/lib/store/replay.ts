@@ -1,28 +1,66 @@
 /**
- * The hot loop of opening a store: walks the history of a decompressed Db message and hands
- * each record to the caller, without building an object per record. It decodes exactly what
- * schema.ts's `scanDb` does (same fields, same last-one-wins rules, same errors naming the
- * file and revision); it only avoids the per-record readers, copies and 64-bit objects.
+ * The one decoder of history records, for db files and journal records alike. It walks a Db
+ * message as it is decompressed and hands each record to the caller without building an object
+ * per record (the hot loop of opening a store). Every `put`/`delete` occurrence is decoded and
+ * checked, and protobuf's last-one-wins rules apply; errors name the file and the revision.
  */
-import fs from 'node:fs';
+import type { Readable } from 'node:stream';
 import zlib from 'node:zlib';
 import { StoreCorruptError } from './errors.js';
 import type { PutFields } from './object-index.js';
+import type { Location, RawRecord } from './schema.js';
 
 /** Decompressed bytes are handed over in pieces of this size; large enough to be cheap. */
 const READ_CHUNK = 1 << 20;
 
-/** Asks for copies of the encoded records `from` .. `from + count - 1` (as far as they exist). */
-export interface RecordCapture {
-  from: number;
-  count: number;
-  records: Buffer[];
+/** Where the encoded record being handed over lies; reused, valid only during the call. */
+export interface RecordBytes {
+  buf: Buffer;
+  start: number;
+  end: number;
 }
 
 export interface ReplayHandler {
   /** A put; `fields` is reused for the next record, so copy what must be kept. */
-  put(rawKey: string, fields: PutFields, rev: number): void;
-  delete(rawKey: string, rev: number): void;
+  put(rawKey: string, fields: PutFields, rev: number, bytes: RecordBytes): void;
+  delete(rawKey: string, rev: number, bytes: RecordBytes): void;
+}
+
+function emptyFields(): PutFields {
+  return { block: 0, offset: 0, size: 0, meta: undefined, buf: Buffer.alloc(0), md5At: -1, modifiedMs: 0, etag: undefined };
+}
+
+/** A Location of its own, copied out of the reused fields. */
+export function locationOf(f: PutFields): Location {
+  const location: Location = { block: f.block, offset: f.offset, size: f.size };
+  if (f.meta !== undefined) location.metadata = Buffer.from(f.meta, 'latin1');
+  if (f.md5At >= 0) location.md5 = Buffer.from(f.buf.subarray(f.md5At, f.md5At + 16));
+  if (f.modifiedMs) location.modifiedMs = f.modifiedMs;
+  if (f.etag !== undefined) location.etag = f.etag;
+  return location;
+}
+
+/** Decodes one encoded HistoryRecord (a journal record) for `handler`. */
+export function decodeRecord(payload: Uint8Array, where: string, rev: number, handler: ReplayHandler): void {
+  const buf = Buffer.isBuffer(payload) ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+  const fields = emptyFields();
+  fields.buf = buf;
+  try {
+    record(new Cursor(buf, buf.length), 0, buf.length, fields, where, rev, handler, { buf, start: 0, end: buf.length });
+  } catch (err) {
+    if (err instanceof StoreCorruptError) throw err;
+    throw new StoreCorruptError(`${where}: revision ${rev} cannot be decoded: ${(err as Error).message}`);
+  }
+}
+
+/** One encoded HistoryRecord as a RawRecord of its own. */
+export function decodeRawRecord(payload: Uint8Array, where: string, rev: number): RawRecord {
+  let result: RawRecord | undefined;
+  decodeRecord(payload, where, rev, {
+    put: (rawKey, f) => (result = { kind: 'put', rawKey, location: locationOf(f) }),
+    delete: (rawKey) => (result = { kind: 'delete', rawKey }),
+  });
+  return result!;
 }
 
 class Cursor {
@@ -143,18 +181,18 @@ function peekVarint(buf: Buffer, pos: number, out: { pos: number }): number {
  * field is decoded as soon as its last byte arrives, so no copy of the whole history is made.
  */
 export class DbReplayer {
-  nextBackendFile = 0;
+  nextBlockId = 0;
   /** Records seen (also past `limit`). */
   records = 0;
   private carry: Buffer | undefined;
-  private readonly fields: PutFields = { block: 0, offset: 0, size: 0, meta: undefined, buf: Buffer.alloc(0), md5At: -1, mtime: 0, etag: undefined };
+  private readonly fields: PutFields = emptyFields();
+  private readonly bytes: RecordBytes = { buf: Buffer.alloc(0), start: 0, end: 0 };
   private readonly next = { pos: 0 };
 
   constructor(
     private readonly where: string,
     private readonly handler: ReplayHandler,
     private readonly limit = Infinity,
-    private readonly capture?: RecordCapture,
   ) {}
 
   push(chunk: Buffer): void {
@@ -169,9 +207,9 @@ export class DbReplayer {
   }
 
   /** The stream ended: a field left incomplete is a truncated db. */
-  finish(): { nextBackendFile: number; records: number } {
+  finish(): { nextBlockId: number; records: number } {
     if (this.carry) throw this.corrupt(new RangeError(`the last ${this.carry.length} bytes are an incomplete field`));
-    return { nextBackendFile: this.nextBackendFile, records: this.records };
+    return { nextBlockId: this.nextBlockId, records: this.records };
   }
 
   corrupt(err: unknown): StoreCorruptError {
@@ -184,6 +222,8 @@ export class DbReplayer {
     const inner = new Cursor(buf, 0);
     const next = this.next;
     this.fields.buf = buf;
+    const bytes = this.bytes;
+    bytes.buf = buf;
     let pos = 0;
     while (pos < buf.length) {
       const tag = peekVarint(buf, pos, next);
@@ -197,11 +237,9 @@ export class DbReplayer {
         end = next.pos + len;
         if (field === 3) {
           if (this.records < this.limit) {
-            record(inner, next.pos, end, this.fields, this.where, this.records, this.handler);
-            const capture = this.capture;
-            if (capture && this.records >= capture.from && this.records < capture.from + capture.count) {
-              capture.records.push(Buffer.from(buf.subarray(next.pos, end)));
-            }
+            bytes.start = next.pos;
+            bytes.end = end;
+            record(inner, next.pos, end, this.fields, this.where, this.records, this.handler, bytes);
           }
           this.records++;
         }
@@ -209,7 +247,7 @@ export class DbReplayer {
         const value = peekVarint(buf, next.pos, next);
         if (value === INCOMPLETE) break;
         end = next.pos;
-        if (field === 2) this.nextBackendFile = ((value >>> 1) ^ -(value & 1)) | 0;
+        if (field === 2) this.nextBlockId = ((value >>> 1) ^ -(value & 1)) | 0;
       } else if (wireType === 1 || wireType === 5) {
         end = next.pos + (wireType === 1 ? 8 : 4);
         if (end > buf.length) break;
@@ -235,36 +273,30 @@ export class DbReplayer {
  * Replays the history in `buf` (a whole Db message) up to `limit` records. Returns the last
  * next_backend_file seen and the number of records in the message.
  */
-export function replayDb(buf: Buffer, where: string, handler: ReplayHandler, limit = Infinity): { nextBackendFile: number; records: number } {
+export function replayDb(buf: Buffer, where: string, handler: ReplayHandler, limit = Infinity): { nextBlockId: number; records: number } {
   const replayer = new DbReplayer(where, handler, limit);
   replayer.push(buf);
   return replayer.finish();
 }
 
 /**
- * Replays a gzipped db file while it is being decompressed. Any valid gzip is accepted (one
- * member or several), as by `readDbFile`.
+ * Replays a gzipped db while it is decompressed. Any valid gzip is accepted (one member or
+ * several: each checkpoint appends one).
  */
-export async function replayDbFile(
-  file: string,
+export async function replayDbStream(
+  source: Readable,
+  where: string,
   handler: ReplayHandler,
   limit = Infinity,
-  capture?: RecordCapture,
-): Promise<{ nextBackendFile: number; records: number }> {
-  const replayer = new DbReplayer(file, handler, limit, capture);
-  const source = fs.createReadStream(file, { highWaterMark: READ_CHUNK });
+): Promise<{ nextBlockId: number; records: number }> {
+  const replayer = new DbReplayer(where, handler, limit);
   const gunzip = zlib.createGunzip({ chunkSize: READ_CHUNK });
   source.on('error', (err) => gunzip.destroy(err));
   source.pipe(gunzip);
   try {
     for await (const chunk of gunzip) replayer.push(chunk as Buffer);
   } catch (err) {
-    if (err instanceof StoreCorruptError) throw err;
-    const code = (err as NodeJS.ErrnoException).code;
-    if (typeof code === 'string' && code.startsWith('Z_')) {
-      throw new StoreCorruptError(`${file}: not a valid gzip file (${(err as Error).message}); the db is corrupt or truncated`);
-    }
-    throw err;
+    throw gzipError(err, where);
   } finally {
     source.destroy();
     gunzip.destroy();
@@ -273,7 +305,7 @@ export async function replayDbFile(
 }
 
 /** One HistoryRecord in buf[start, end). */
-function record(c: Cursor, start: number, end: number, f: PutFields, where: string, rev: number, handler: ReplayHandler): void {
+function record(c: Cursor, start: number, end: number, f: PutFields, where: string, rev: number, handler: ReplayHandler, bytes: RecordBytes): void {
   // Every `put` / `delete` occurrence is decoded (and checked) in turn; the last one wins.
   let kind = 0;
   let rawKey = '';
@@ -297,8 +329,8 @@ function record(c: Cursor, start: number, end: number, f: PutFields, where: stri
     }
   }
   if (kind === 0) throw new StoreCorruptError(`${where}: revision ${rev} is neither a put nor a delete`);
-  if (kind === 2) handler.delete(rawKey, rev);
-  else handler.put(rawKey, f, rev);
+  if (kind === 2) handler.delete(rawKey, rev, bytes);
+  else handler.put(rawKey, f, rev, bytes);
 }
 
 /** A PutRecord (its location goes to `f`) or a DeleteRecord in buf[start, end); returns the key. */
@@ -331,9 +363,8 @@ function location(c: Cursor, start: number, end: number, f: PutFields): void {
   f.size = 0;
   f.meta = undefined;
   f.md5At = -1;
-  f.mtime = 0;
+  f.modifiedMs = 0;
   f.etag = undefined;
-  let modifiedMs = 0;
   c.pos = start;
   c.end = end;
   while (c.pos < end) {
@@ -359,7 +390,7 @@ function location(c: Cursor, start: number, end: number, f: PutFields): void {
         break;
       }
       case 6:
-        modifiedMs = c.sint64();
+        f.modifiedMs = c.sint64();
         break;
       case 7: {
         const s = c.lengthDelimited();
@@ -370,5 +401,47 @@ function location(c: Cursor, start: number, end: number, f: PutFields): void {
         c.skip(tag & 7);
     }
   }
-  f.mtime = modifiedMs ? Math.floor(modifiedMs / 1000) : 0;
+}
+
+/**
+ * The records of a gzipped db as an async sequence, `make` turning each into what the caller
+ * keeps. Records are decoded a decompressed piece at a time, so memory stays bounded.
+ */
+export async function* replayDbRecords<T>(
+  source: Readable,
+  where: string,
+  make: { put(rawKey: string, fields: PutFields, rev: number, bytes: RecordBytes): T; delete(rawKey: string, rev: number, bytes: RecordBytes): T },
+): AsyncGenerator<T> {
+  let batch: T[] = [];
+  const replayer = new DbReplayer(where, {
+    put: (rawKey, fields, rev, bytes) => void batch.push(make.put(rawKey, fields, rev, bytes)),
+    delete: (rawKey, rev, bytes) => void batch.push(make.delete(rawKey, rev, bytes)),
+  });
+  const gunzip = zlib.createGunzip({ chunkSize: READ_CHUNK });
+  source.on('error', (err) => gunzip.destroy(err));
+  source.pipe(gunzip);
+  try {
+    for await (const chunk of gunzip) {
+      replayer.push(chunk as Buffer);
+      const ready = batch;
+      batch = [];
+      yield* ready;
+    }
+    replayer.finish();
+  } catch (err) {
+    throw gzipError(err, where);
+  } finally {
+    source.destroy();
+    gunzip.destroy();
+  }
+}
+
+/** A zlib failure reported as a corrupt db; other errors pass through. */
+function gzipError(err: unknown, where: string): unknown {
+  if (err instanceof StoreCorruptError) return err;
+  const code = (err as NodeJS.ErrnoException).code;
+  if (typeof code === 'string' && code.startsWith('Z_')) {
+    return new StoreCorruptError(`${where}: not a valid gzip file (${(err as Error).message}); the db is corrupt or truncated`);
+  }
+  return err;
 }

@@ -3,7 +3,7 @@
  * much is dead (overwritten or deleted bodies, which blocks never give back). A large dead
  * share is the sign that compaction (`rebase --into`) is worth it.
  */
-import { CopyDetector, type StoreSnapshot, nextBlockIdOf, snapshotRecords } from './history.js';
+import { CopyDetector, type StoreSnapshot, snapshotRecords } from './history.js';
 import type { Location } from './schema.js';
 
 export interface BlockUsage {
@@ -30,11 +30,11 @@ export interface StoreUsage {
   nextBlockId: number;
 }
 
-export function storeUsage(snapshot: StoreSnapshot): StoreUsage {
+export async function storeUsage(snapshot: StoreSnapshot): Promise<StoreUsage> {
   const records = { put: 0, copy: 0, delete: 0 };
   const live = new Map<string, Location>();
   const copies = new CopyDetector();
-  for (const { rev, record } of snapshotRecords(snapshot)) {
+  for await (const { rev, record } of snapshotRecords(snapshot)) {
     if (record.kind === 'delete') {
       records.delete++;
       live.delete(record.rawKey);
@@ -61,7 +61,7 @@ export function storeUsage(snapshot: StoreSnapshot): StoreUsage {
   const blocks: BlockUsage[] = [...ids]
     .sort((a, b) => a - b)
     .map((id) => {
-      const fileSize = snapshot.blocks.get(id);
+      const fileSize = snapshot.blocks.get(id)?.size;
       const used = coveredBytes(rangesByBlock.get(id) ?? []);
       return {
         id,
@@ -81,7 +81,7 @@ export function storeUsage(snapshot: StoreSnapshot): StoreUsage {
     deadBytes: sum((b) => b.deadBytes),
     blockBytes: sum((b) => b.fileSize ?? 0),
     blocks,
-    nextBlockId: nextBlockIdOf(snapshot),
+    nextBlockId: snapshot.nextBlockId,
   };
 }
 

@@ -10,7 +10,8 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { StoreCorruptError } from './errors.js';
 import { blockFileName } from './files.js';
-import { type StoreSnapshot, locationProblem, readSnapshot, snapshotRecords } from './history.js';
+import { type StoreSnapshot, closeSnapshot, readSnapshot, snapshotRecords } from './history.js';
+import { locationProblem } from './recovery.js';
 import { DirectoryLock } from './lock.js';
 import { fromRawKey } from './object-index.js';
 import type { Location } from './schema.js';
@@ -59,29 +60,37 @@ export async function verifyStore(dir: string, opts: VerifyOptions = {}): Promis
     report.problems.push({ message: err.message });
     return report;
   }
+  try {
+    await checkSnapshot(dir, snapshot, holder, report, opts);
+  } finally {
+    await closeSnapshot(snapshot);
+  }
+  return report;
+}
+
+async function checkSnapshot(dir: string, snapshot: StoreSnapshot, holder: number | undefined, report: VerifyReport, opts: VerifyOptions): Promise<void> {
   if (holder !== undefined) report.notes.push(`process ${holder} holds ${dir}: checked a snapshot of a running store`);
   report.notes.push(...snapshot.warnings);
   report.revisions = snapshot.total;
 
   let live: LiveObject[];
   try {
-    live = checkRecords(snapshot, report);
+    live = await checkRecords(snapshot, report);
   } catch (err) {
     if (!(err instanceof StoreCorruptError)) throw err;
     report.problems.push({ message: err.message });
-    return report;
+    return;
   }
   report.liveObjects = live.length;
   await checkBytes(dir, snapshot, live, report, opts);
-  return report;
 }
 
 /** Checks every record's location; returns the live objects, in block order for reading. */
-function checkRecords(snapshot: StoreSnapshot, report: VerifyReport): LiveObject[] {
+async function checkRecords(snapshot: StoreSnapshot, report: VerifyReport): Promise<LiveObject[]> {
   const live = new Map<string, LiveObject>();
   let maxDbBlock = -1;
   let maxDbBlockRev = -1;
-  for (const { rev, record } of snapshotRecords(snapshot)) {
+  for await (const { rev, record } of snapshotRecords(snapshot)) {
     if (record.kind === 'delete') {
       live.delete(record.rawKey);
       continue;
@@ -97,11 +106,11 @@ function checkRecords(snapshot: StoreSnapshot, report: VerifyReport): LiveObject
     }
     live.set(record.rawKey, { rev, rawKey: record.rawKey, location: record.location });
   }
-  if (snapshot.dbFile && maxDbBlock >= snapshot.dbNextBackendFile) {
+  if (snapshot.dbFile && maxDbBlock >= snapshot.dbNextBlockId) {
     report.problems.push({
       rev: maxDbBlockRev,
       message:
-        `${snapshot.dbFile}: next_backend_file is ${snapshot.dbNextBackendFile} but revision ${maxDbBlockRev} uses ` +
+        `${snapshot.dbFile}: next_backend_file is ${snapshot.dbNextBlockId} but revision ${maxDbBlockRev} uses ` +
         `${blockFileName(maxDbBlock)}: the original server would write a new block over it`,
     });
   }

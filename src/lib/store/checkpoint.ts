@@ -1,0 +1,144 @@
+/**
+ * Checkpoints: folding the journal into the next db slot, so that the journal stays short and
+ * every db is one the original reads.
+ *
+ * A checkpoint runs beside the writes, in two steps. First, in the background, the next db is
+ * written: the current db plus the records acknowledged so far, with the open block rolled so
+ * that every block the db counts is complete. Writes go on meanwhile, appending to the current
+ * journal. Then, between two commits, a new journal holding only the records the new db lacks
+ * replaces the old one: that file is small, so writes pause only for its fsync. A crash at any
+ * point leaves a db and a journal that recovery reconciles (see recovery.ts).
+ */
+import { writeNextDb } from './db-file.js';
+import { JournalWriter } from './journal.js';
+import type { RecoveredHistory } from './recovery.js';
+import { dbFileName } from './files.js';
+import { durably } from './errors.js';
+import type { Storage } from './storage/storage.js';
+
+export const DEFAULT_CHECKPOINT_BYTES = 8 * 1024 * 1024;
+
+export interface HistoryLogOptions {
+  durable: boolean;
+  /** Journal size that calls for a checkpoint, at least; it also grows with the db. */
+  checkpointBytes: number;
+}
+
+/** The db + journal pair of a writer: where acknowledged records go, and how they are folded. */
+export class HistoryLog {
+  /** Records in the history. */
+  private count: number;
+  /** Encoded records in the journal and not yet in the db. */
+  private unfolded: Uint8Array[];
+  private dbSlot: number | undefined;
+  private dbCompressedSize: number;
+  /** The next block id the current db records. */
+  private dbNextBlockId: number;
+  private journal: JournalWriter | undefined;
+
+  private constructor(
+    private readonly storage: Storage,
+    recovered: RecoveredHistory,
+    private readonly opts: HistoryLogOptions,
+  ) {
+    this.count = recovered.total;
+    this.unfolded = [...recovered.journalPayloads];
+    this.dbSlot = recovered.dbSlot;
+    this.dbCompressedSize = recovered.dbCompressedSize;
+    this.dbNextBlockId = recovered.dbNextBlockId;
+  }
+
+  /**
+   * Takes over a recovered history for writing: removes a stale db slot, folds what the journal
+   * holds into a new db, and starts a fresh journal.
+   */
+  static async open(storage: Storage, recovered: RecoveredHistory, nextBlockId: number, opts: HistoryLogOptions): Promise<HistoryLog> {
+    // Two adjacent slots: a crash came between writing the newer db and removing the older.
+    // The newer one has just been read in full; the older one must go now. Left behind, the
+    // original would open it (it takes the lowest slot), and after the next checkpoint the two
+    // remaining slots would no longer be adjacent, so no reader could tell which is current.
+    if (recovered.staleDbSlots.length > 0) {
+      await Promise.all(recovered.staleDbSlots.map((slot) => storage.remove(dbFileName(slot))));
+      if (opts.durable) await durably(storage.root, 'fsync', () => storage.syncDir());
+    }
+    const log = new HistoryLog(storage, recovered, opts);
+    if (log.unfolded.length > 0 || (log.dbSlot !== undefined && log.dbNextBlockId !== nextBlockId)) {
+      await log.replaceJournal(await log.writeDb(nextBlockId));
+    } else {
+      log.journal = await JournalWriter.create(storage, log.count, [], opts.durable);
+    }
+    return log;
+  }
+
+  /** Records in the history (the next revision is this number). */
+  get records(): number {
+    return this.count;
+  }
+
+  /** Records not yet folded into the db. */
+  get unfoldedRecords(): number {
+    return this.unfolded.length;
+  }
+
+  get journalBytes(): number {
+    return this.journal?.recordBytes ?? 0;
+  }
+
+  get currentDbSlot(): number | undefined {
+    return this.dbSlot;
+  }
+
+  /** Whether a checkpoint would change the db: records to fold, or a block count to record. */
+  needsCheckpoint(nextBlockId: number): boolean {
+    return this.unfolded.length > 0 || this.dbNextBlockId !== nextBlockId;
+  }
+
+  /** The journal has grown past max(checkpointBytes, db size): a checkpoint is due. */
+  get due(): boolean {
+    return this.journalBytes > Math.max(this.opts.checkpointBytes, this.dbCompressedSize);
+  }
+
+  /** Appends acknowledged-to-be records to the journal; durable when this resolves. */
+  async append(payloads: readonly Uint8Array[]): Promise<void> {
+    await this.journal!.append(payloads, this.opts.durable);
+    for (const payload of payloads) this.unfolded.push(payload);
+    this.count += payloads.length;
+  }
+
+  /**
+   * Step one: writes the next db with every record appended so far. Appends may go on while it
+   * runs. Returns the number of records the new db holds.
+   */
+  async writeDb(nextBlockId: number): Promise<number> {
+    const folded = this.unfolded;
+    const base = this.count;
+    this.unfolded = [];
+    try {
+      const { slot, compressedSize } = await writeNextDb(this.storage, this.dbSlot, folded, nextBlockId, this.opts.durable);
+      this.dbSlot = slot;
+      this.dbCompressedSize = compressedSize;
+      this.dbNextBlockId = nextBlockId;
+    } catch (err) {
+      // The journal still holds them: fold them next time.
+      this.unfolded = folded.concat(this.unfolded);
+      throw err;
+    }
+    return base;
+  }
+
+  /**
+   * Step two, with no append running: a journal after `base` records, holding those appended
+   * since, replaces the current one. If it fails before the replacement, the current journal
+   * stays the journal (recovery skips the records the db already holds).
+   */
+  async replaceJournal(base: number): Promise<void> {
+    const previous = this.journal;
+    this.journal = await JournalWriter.create(this.storage, base, this.unfolded, this.opts.durable);
+    await previous?.close();
+  }
+
+  async close(): Promise<void> {
+    await this.journal?.close();
+    this.journal = undefined;
+  }
+}

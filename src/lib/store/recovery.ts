@@ -1,0 +1,214 @@
+/**
+ * Recovery: the one reconciliation of db + journal, used by every reader of a store (serve,
+ * history, rebase, verify, stats), so that all of them see the same history.
+ *
+ * The journal is read first, then the directory is listed and the current db replayed. Read in
+ * that order, a checkpoint running meanwhile (db written, then journal replaced) can only make
+ * the db newer than the journal, never older: the journal's records that the db already holds
+ * must then be the db's own records, byte for byte, and are skipped; the rest follow the db.
+ * Recovery stops, with a warning, at a journal record that cannot be decoded or that points
+ * outside the blocks (only writes made without fsync leave one behind).
+ */
+import { currentDbSlot } from './db-file.js';
+import { StoreCorruptError } from './errors.js';
+import { JOURNAL_FILE, blockFileName, dbFileName, listStore } from './files.js';
+import { type JournalContents, readJournal } from './journal.js';
+import { type PutFields, fromRawKey } from './object-index.js';
+import { type RecordBytes, type ReplayHandler, decodeRecord, replayDbStream } from './replay.js';
+import { type FileInfo, type ReadableFile, type Storage, fileStream } from './storage/storage.js';
+
+export interface RecoveryOptions {
+  /** Hand over at most this many records (opening at a revision: revision + 1). */
+  limit?: number;
+  /** Receives every record recovery accepts, in order. */
+  visit?: ReplayHandler;
+  /**
+   * A db record pointing outside the blocks is an error (serve); otherwise it is passed on, so
+   * that history, verify and rebase can show or refuse it themselves.
+   */
+  strict?: boolean;
+  /** Keep the db open (the result's `db`) for further passes; the caller closes it. */
+  keepDb?: boolean;
+}
+
+export interface RecoveredHistory {
+  root: string;
+  dbSlot: number | undefined;
+  /** The db's file name, if the store has one. */
+  dbName: string | undefined;
+  /** The db, still open, when asked for (`keepDb`): it stays readable if a checkpoint replaces it. */
+  db: ReadableFile | undefined;
+  /** Records in the db (all of them, also past `limit`). */
+  dbRecords: number;
+  /** The db's next_backend_file. */
+  dbNextBlockId: number;
+  dbCompressedSize: number;
+  /** The journal's base revision; undefined when there is no journal. */
+  journalBase: number | undefined;
+  /** Encoded journal records after the db's, as far as recovery accepts them. */
+  journalPayloads: Uint8Array[];
+  /** Records in the history: the db's plus the accepted journal records. */
+  total: number;
+  /** Block id -> size and time, listed after the journal was read. */
+  blocks: Map<number, FileInfo>;
+  /** The id the next new block gets: never one the db counts, a record uses, or the disk holds. */
+  nextBlockId: number;
+  /** db slots other than the current one (a crash between writing a db and removing the older). */
+  staleDbSlots: number[];
+  warnings: string[];
+}
+
+/** Why a put's location cannot be served from these blocks, or undefined when it can. */
+export function locationProblem(loc: { block: number; offset: number; size: number }, blocks: ReadonlyMap<number, FileInfo>): string | undefined {
+  if (loc.offset < 0 || loc.size < 0 || loc.block < 0) return 'has a negative block, offset or size';
+  if (loc.size === 0) return undefined;
+  const size = blocks.get(loc.block)?.size;
+  if (size === undefined) return `points into ${blockFileName(loc.block)}, which does not exist`;
+  if (loc.offset + loc.size > size) {
+    return `points past the end of ${blockFileName(loc.block)} (${loc.offset}+${loc.size} > ${size} bytes)`;
+  }
+  return undefined;
+}
+
+export async function recoverHistory(storage: Storage, opts: RecoveryOptions = {}): Promise<RecoveredHistory> {
+  const limit = opts.limit ?? Infinity;
+  const visit = opts.visit;
+  const root = storage.root;
+  const journalWhere = `${root}/${JOURNAL_FILE}`;
+  const warnings: string[] = [];
+
+  const journal: JournalContents | undefined = await readJournal(storage);
+  const listing = await listStore(storage);
+  const blocks = new Map<number, FileInfo>();
+  await Promise.all(
+    [...listing.blocks].map(async ([id, name]) => {
+      const info = await storage.stat(name);
+      if (info) blocks.set(id, info);
+    }),
+  );
+  let maxReferenced = -1;
+  const noteBlock = (f: PutFields) => {
+    if (f.size > 0 && f.block > maxReferenced) maxReferenced = f.block;
+  };
+
+  const dbSlot = currentDbSlot(listing.dbSlots, root);
+  const dbName = dbSlot === undefined ? undefined : dbFileName(dbSlot);
+  let db: ReadableFile | undefined;
+  let dbRecords = 0;
+  let dbNextBlockId = 0;
+  let dbCompressedSize = 0;
+  if (dbName) {
+    const where = `${root}/${dbName}`;
+    db = await storage.openRead(dbName);
+    try {
+      dbCompressedSize = await db.size();
+      // Journal records the db already holds: compared with the db's own as it is replayed.
+      const overlapFrom = journal && journal.baseRevision >= 0 ? journal.baseRevision : Infinity;
+      const overlapTo = journal ? overlapFrom + journal.records.length : 0;
+      const compare = (rev: number, bytes: RecordBytes) => {
+        if (rev < overlapFrom || rev >= overlapTo) return;
+        const payload = journal!.records[rev - overlapFrom]!;
+        if (Buffer.compare(payload, bytes.buf.subarray(bytes.start, bytes.end)) !== 0) {
+          throw new StoreCorruptError(
+            `${journalWhere}: record ${rev - overlapFrom} is not revision ${rev} of the db, as the journal's base revision (${overlapFrom}) says: ` +
+              'the journal header or the db is damaged',
+          );
+        }
+      };
+      const replayed = await replayDbStream(
+        fileStream(db),
+        where,
+        {
+          put(rawKey, fields, rev, bytes) {
+            compare(rev, bytes);
+            if (opts.strict) {
+              const problem = locationProblem(fields, blocks);
+              if (problem) throw new StoreCorruptError(`${where}: revision ${rev} (${fromRawKey(rawKey)}) ${problem}`);
+            }
+            noteBlock(fields);
+            visit?.put(rawKey, fields, rev, bytes);
+          },
+          delete(rawKey, rev, bytes) {
+            compare(rev, bytes);
+            visit?.delete(rawKey, rev, bytes);
+          },
+        },
+        limit,
+      );
+      dbRecords = replayed.records;
+      dbNextBlockId = replayed.nextBlockId;
+    } catch (err) {
+      await db.close();
+      throw err;
+    }
+    if (!opts.keepDb) {
+      await db.close();
+      db = undefined;
+    }
+  }
+
+  // Even an empty journal says how many records the db had when it was started: a db with
+  // fewer (cut short at a gzip member boundary, or replaced by an older one) lost writes.
+  if (journal && journal.baseRevision > dbRecords) {
+    await db?.close();
+    throw new StoreCorruptError(
+      `${journalWhere} continues revision ${journal.baseRevision}, but the db holds only ${dbRecords} records: ` +
+        'the db is older than the journal (was a db file replaced or removed?)',
+    );
+  }
+
+  const journalPayloads: Uint8Array[] = [];
+  if (journal && journal.baseRevision >= 0) {
+    let stopped = false;
+    for (let i = 0, rev = journal.baseRevision; i < journal.records.length && !stopped; i++, rev++) {
+      if (rev < dbRecords) continue; // compared above
+      const payload = journal.records[i]!;
+      const later = journal.records.length - i - 1;
+      try {
+        decodeRecord(payload, journalWhere, rev, {
+          put(rawKey, fields, r, bytes) {
+            const problem = locationProblem(fields, blocks);
+            if (problem) {
+              warnings.push(`${journalWhere}: revision ${r} ${problem}; recovery stops before it and ignores ${later} later records`);
+              stopped = true;
+              return;
+            }
+            noteBlock(fields);
+            if (r < limit) visit?.put(rawKey, fields, r, bytes);
+          },
+          delete(rawKey, r, bytes) {
+            if (r < limit) visit?.delete(rawKey, r, bytes);
+          },
+        });
+      } catch (err) {
+        warnings.push(`${(err as Error).message}; recovery ignores it and ${later} later records`);
+        stopped = true;
+      }
+      if (!stopped) journalPayloads.push(payload);
+    }
+    if (journal.ignoredBytes > 0) {
+      warnings.push(`${journalWhere}: ignored ${journal.ignoredBytes} bytes of a torn or damaged tail after revision ${dbRecords + journalPayloads.length - 1}`);
+    }
+  } else if (journal && journal.ignoredBytes > 0) {
+    warnings.push(`${journalWhere}: ignored ${journal.ignoredBytes} bytes, too short for a journal header (damaged?)`);
+  }
+
+  let maxExisting = -1;
+  for (const id of listing.blocks.keys()) maxExisting = Math.max(maxExisting, id);
+  return {
+    root,
+    dbSlot,
+    dbName,
+    db,
+    dbRecords,
+    dbNextBlockId,
+    dbCompressedSize,
+    journalBase: journal ? journal.baseRevision : undefined,
+    journalPayloads,
+    total: dbRecords + journalPayloads.length,
+    blocks,
+    nextBlockId: Math.max(dbNextBlockId, maxExisting + 1, maxReferenced + 1),
+    staleDbSlots: listing.dbSlots.filter((slot) => slot !== dbSlot),
+    warnings,
+  };
+}

@@ -1,0 +1,312 @@
+/**
+ * Writes and group commit: where a write is acknowledged, and why that is safe.
+ *
+ * `put`, `copy` and `delete` resolve only after their batch's commit has (1) written the small
+ * bodies it holds, (2) fdatasync'ed every block the batch's bodies went to, (3) fsync'ed the
+ * directory if a block file was created, and (4) appended the batch's records to the journal and
+ * fdatasync'ed it. Only then is the in-memory index updated, so readers never see a write that a
+ * crash could take back. Concurrent writers share those syncs: while one batch is made durable,
+ * the next one gathers.
+ *
+ * A failed sync stops all writes (see DurabilityError): the batch is never acknowledged, and no
+ * later one is either, because Linux reports a writeback error only once and a later sync would
+ * "succeed" over the lost pages. A failed write (a full disk) fails its batch only.
+ */
+import type { Readable } from 'node:stream';
+import type { BlockWriter, OpenBlock, Reservation } from './blocks.js';
+import { type Body, BodyCheck, writePieces } from './body.js';
+import type { HistoryLog } from './checkpoint.js';
+import { BodySizeMismatchError, DurabilityError, type FailureLatch, ObjectTooLargeError } from './errors.js';
+import { MAX_OBJECT_SIZE } from './files.js';
+import { IndexEntry, type ObjectIndex, toRawKey } from './object-index.js';
+import { type HistoryRecord, type Location, encodeHistoryRecord, encodeMetadata } from './schema.js';
+
+export interface PutOptions {
+  /** Body size (Content-Length); required for a stream (stage a body of unknown size first). */
+  size?: number;
+  /** Header name -> value, kept in the index (user `x-amz-meta-*` and standard headers). */
+  metadata?: Record<string, string>;
+  /** MD5 the client announced (Content-MD5): a mismatch stores nothing. */
+  expectedMd5?: Buffer;
+  /** ETag to record instead of the hex MD5 (multipart uploads). */
+  etag?: string;
+  /** Write time to record instead of now (rebase --into keeps the original's). */
+  modifiedMs?: number;
+}
+
+type PendingOp = {
+  raw: string;
+  record: HistoryRecord;
+  entry: IndexEntry | undefined; // undefined for a delete
+  reservation: Reservation | undefined;
+  /** A small body, held until the commit writes the batch's bodies together. */
+  data?: Buffer[];
+  resolve: (applied: boolean) => void;
+  reject: (err: Error) => void;
+};
+
+interface Waiter {
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+/** A checkpoint under way: its db is written in the background, its journal between commits. */
+interface RunningCheckpoint {
+  waiters: Waiter[];
+  settled: boolean;
+  base?: number;
+  error?: Error;
+}
+
+/**
+ * Bodies up to this size are held in memory until their commit, which writes all of a batch's
+ * small bodies with one writev per run of adjacent reservations: one system call for many
+ * requests instead of one each. Larger bodies stream into their block as they arrive.
+ */
+const DEFERRED_BODY_MAX = 128 * 1024;
+
+export class Writer {
+  private pending: PendingOp[] = [];
+  private looping: Promise<void> | undefined;
+  private checkpointWaiters: Waiter[] = [];
+  private running: RunningCheckpoint | undefined;
+  private runningDone: Promise<void> | undefined;
+
+  constructor(
+    private readonly index: ObjectIndex,
+    private readonly blocks: BlockWriter,
+    private readonly log: HistoryLog,
+    private readonly latch: FailureLatch,
+    private readonly durable: boolean,
+    private readonly syncDir: () => Promise<void>,
+    private readonly warn: (message: string) => void,
+  ) {}
+
+  /** Stores `body` (of `opts.size` bytes when a stream) under `key`; resolves once durable. */
+  async put(key: string, body: Body, opts: PutOptions = {}): Promise<IndexEntry> {
+    const size = body instanceof Uint8Array ? body.length : opts.size!;
+    if (!Number.isSafeInteger(size) || size < 0) throw new RangeError(`an object size is a whole number of bytes, not ${size}`);
+    if (size > MAX_OBJECT_SIZE) throw new ObjectTooLargeError(size, MAX_OBJECT_SIZE);
+    if (body instanceof Uint8Array && opts.size !== undefined && opts.size !== size) {
+      throw new BodySizeMismatchError(opts.size, size);
+    }
+    const reservation = size > 0 ? this.blocks.reserve(size) : undefined;
+    try {
+      const check = new BodyCheck(size, opts.expectedMd5);
+      let data: Buffer[] | undefined;
+      if (reservation && size <= DEFERRED_BODY_MAX) {
+        data = [];
+        for await (const chunk of check.chunks(body)) data.push(chunk);
+      } else if (reservation) {
+        const { block, offset } = reservation;
+        await writePieces(check.chunks(body), (buffers, position) => block.writev(buffers, position), offset);
+      } else {
+        for await (const _ of check.chunks(body)) void _; // an empty body: only checks it is empty
+      }
+      const { md5 } = check.finish();
+      const location: Location = {
+        block: reservation?.block.id ?? 0,
+        offset: reservation?.offset ?? 0,
+        size,
+        metadata: encodeMetadata(opts.metadata ?? {}),
+        md5,
+        modifiedMs: opts.modifiedMs ?? Date.now(),
+        etag: opts.etag,
+      };
+      const entry = IndexEntry.fromLocation(location);
+      await this.commit({ raw: toRawKey(key), record: { kind: 'put', key, location }, entry, reservation, data });
+      return entry;
+    } catch (err) {
+      if (!(body instanceof Uint8Array)) (body as Readable).destroy();
+      throw err;
+    } finally {
+      if (reservation) this.blocks.release(reservation);
+    }
+  }
+
+  /** A new record pointing at `source`'s bytes, with its own metadata and time. */
+  async copy(source: IndexEntry, key: string, metadata: Record<string, string> | undefined, modifiedMs?: number): Promise<IndexEntry> {
+    const location: Location = {
+      block: source.block,
+      offset: source.offset,
+      size: source.size,
+      metadata: metadata ? encodeMetadata(metadata) : source.metadataBytes(),
+      md5: source.md5 ? Buffer.from(source.md5, 'hex') : undefined,
+      modifiedMs: modifiedMs ?? Date.now(),
+      etag: source.etag,
+    };
+    const entry = IndexEntry.fromLocation(location);
+    await this.commit({ raw: toRawKey(key), record: { kind: 'put', key, location }, entry, reservation: undefined });
+    return entry;
+  }
+
+  /** Deletes `key`; false (and no record) when it does not exist. */
+  delete(key: string): Promise<boolean> {
+    return this.commit({ raw: toRawKey(key), record: { kind: 'delete', key }, entry: undefined, reservation: undefined });
+  }
+
+  /** A checkpoint that folds every write acknowledged before this call. */
+  checkpoint(): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.checkpointWaiters.push({ resolve, reject });
+      this.kick();
+    });
+  }
+
+  /** Resolves when no commit and no checkpoint is under way. */
+  async settled(): Promise<void> {
+    while (this.looping || this.runningDone) {
+      await this.looping;
+      await this.runningDone;
+    }
+  }
+
+  private commit(op: Omit<PendingOp, 'resolve' | 'reject'>): Promise<boolean> {
+    return new Promise<boolean>((resolve, reject) => {
+      this.pending.push({ ...op, resolve, reject });
+      this.kick();
+    });
+  }
+
+  private kick(): void {
+    // The loop starts in a microtask, after `looping` is set: a loop that ends without an
+    // await must still find `looping` set when it clears it.
+    if (!this.looping) this.looping = Promise.resolve().then(() => this.loop());
+  }
+
+  private hasWork(): boolean {
+    return this.pending.length > 0 || this.running?.settled === true || (!this.running && this.checkpointWaiters.length > 0);
+  }
+
+  private async loop(): Promise<void> {
+    try {
+      while (this.hasWork()) {
+        if (this.pending.length > 0) {
+          const batch = this.pending;
+          this.pending = [];
+          await this.commitBatch(batch);
+        }
+        if (this.running?.settled) await this.finishCheckpoint(this.running);
+        if (!this.running && (this.checkpointWaiters.length > 0 || (this.log.due && !this.latch.failure))) this.startCheckpoint();
+      }
+    } finally {
+      // Cleared with no await after the last check, so a kick never finds a loop about to end.
+      this.looping = undefined;
+    }
+  }
+
+  private async commitBatch(batch: PendingOp[]): Promise<void> {
+    if (this.latch.failure) {
+      for (const op of batch) op.reject(this.latch.failure);
+      return;
+    }
+    // Decide, in arrival order, which records the batch writes: a delete of a key that is not
+    // live at that point writes nothing.
+    const liveInBatch = new Map<string, boolean>();
+    const applied: PendingOp[] = [];
+    const skipped: PendingOp[] = [];
+    for (const op of batch) {
+      if (op.record.kind === 'delete') {
+        const live = liveInBatch.get(op.raw) ?? this.index.has(op.raw);
+        if (!live) {
+          skipped.push(op);
+          continue;
+        }
+        liveInBatch.set(op.raw, false);
+      } else {
+        liveInBatch.set(op.raw, true);
+      }
+      applied.push(op);
+    }
+    try {
+      if (applied.length > 0) {
+        await writeDeferredBodies(applied);
+        if (this.durable) {
+          const blocks = [...new Set(applied.flatMap((op) => (op.reservation ? [op.reservation.block] : [])))];
+          // datasync also waits for the file to exist, so the directory sync below covers it.
+          await Promise.all(blocks.map((b) => b.datasync()));
+          const created = blocks.filter((b) => !b.entrySynced);
+          if (created.length > 0) {
+            await this.syncDir();
+            for (const b of created) b.entrySynced = true;
+          }
+        }
+        await this.log.append(applied.map((op) => encodeHistoryRecord(op.record)));
+      }
+    } catch (err) {
+      const reason = err instanceof DurabilityError ? this.latch.fail(err) : (err as Error);
+      for (const op of batch) op.reject(reason);
+      return;
+    }
+    for (const op of applied) {
+      if (op.entry) this.index.set(op.raw, op.entry);
+      else this.index.delete(op.raw);
+    }
+    for (const op of applied) op.resolve(true);
+    for (const op of skipped) op.resolve(false);
+  }
+
+  private startCheckpoint(): void {
+    const running: RunningCheckpoint = { waiters: this.checkpointWaiters, settled: false };
+    this.checkpointWaiters = [];
+    if (this.latch.failure) {
+      for (const w of running.waiters) w.reject(this.latch.failure);
+      return;
+    }
+    this.running = running;
+    const nextBlockId = this.blocks.roll();
+    this.runningDone = this.log.writeDb(nextBlockId).then(
+      (base) => void (running.base = base),
+      (err: Error) => void (running.error = err),
+    );
+    void this.runningDone.then(() => {
+      running.settled = true;
+      this.kick();
+    });
+  }
+
+  private async finishCheckpoint(running: RunningCheckpoint): Promise<void> {
+    let error = running.error ?? this.latch.failure;
+    if (!error) {
+      try {
+        await this.log.replaceJournal(running.base!);
+      } catch (err) {
+        error = err as Error;
+      }
+    }
+    this.running = undefined;
+    this.runningDone = undefined;
+    if (error instanceof DurabilityError) error = this.latch.fail(error);
+    else if (error) this.warn(`checkpoint failed (the journal still holds every write; it is tried again later): ${error.message}`);
+    for (const w of running.waiters) {
+      if (error) w.reject(error);
+      else w.resolve();
+    }
+  }
+}
+
+/** Writes the held small bodies of a batch: one writev per run of adjacent reservations. */
+async function writeDeferredBodies(ops: PendingOp[]): Promise<void> {
+  const held = ops.filter((op) => op.data && op.reservation);
+  if (held.length === 0) return;
+  held.sort((a, b) => a.reservation!.block.id - b.reservation!.block.id || a.reservation!.offset - b.reservation!.offset);
+  const writes: Promise<void>[] = [];
+  let i = 0;
+  while (i < held.length) {
+    const first = held[i]!.reservation!;
+    const block: OpenBlock = first.block;
+    const buffers: Buffer[] = [...held[i]!.data!];
+    let end = first.offset + first.size;
+    let j = i + 1;
+    for (; j < held.length; j++) {
+      const next = held[j]!.reservation!;
+      if (next.block !== block || next.offset !== end) break;
+      buffers.push(...held[j]!.data!);
+      end += next.size;
+    }
+    writes.push(block.writev(buffers, first.offset));
+    i = j;
+  }
+  await Promise.all(writes);
+  for (const op of held) op.data = undefined;
+}

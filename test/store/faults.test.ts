@@ -1,0 +1,259 @@
+/**
+ * I/O faults at every call site of the engine, injected through the storage seam
+ * (storage/faults.ts): a failed fsync stops all writes until a restart, a failed open, write or
+ * rename fails only what it must, and nothing acknowledged is ever lost.
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { expect } from 'chai';
+import { DurabilityError, StoreFailedError } from '../../src/lib/store/errors.js';
+import { rebaseInPlace } from '../../src/lib/store/rebase.js';
+import { FaultyStorage, type FaultRule } from '../../src/lib/store/storage/faults.js';
+import { LocalStorage } from '../../src/lib/store/storage/local.js';
+import { type OpenOptions, type Store, openStore } from '../../src/lib/store/store.js';
+import { tempDir } from '../helpers/paths.js';
+import { allKeys, blockFiles, copyStoreDir, md5Of, md5hex, pseudoRandomBytes } from './util.js';
+
+interface Harness {
+  dir: string;
+  faults: FaultyStorage;
+  store: Store;
+  failures: StoreFailedError[];
+  warnings: string[];
+  /** key -> MD5 of every acknowledged put (undefined: acknowledged delete). */
+  acked: Map<string, string | undefined>;
+  put(key: string, body: Buffer): Promise<void>;
+}
+
+const open: Store[] = [];
+
+async function harness(opts: OpenOptions = {}): Promise<Harness> {
+  const dir = await tempDir('faults');
+  const faults = new FaultyStorage(new LocalStorage(dir));
+  const failures: StoreFailedError[] = [];
+  const warnings: string[] = [];
+  const store = await openStore(dir, { storage: faults, onFailure: (f) => failures.push(f), warn: (m) => warnings.push(m), ...opts });
+  open.push(store);
+  const acked = new Map<string, string | undefined>();
+  return {
+    dir,
+    faults,
+    store,
+    failures,
+    warnings,
+    acked,
+    async put(key, body) {
+      await store.put(key, body);
+      acked.set(key, md5hex(body));
+    },
+  };
+}
+
+async function rejection(p: Promise<unknown>): Promise<Error> {
+  try {
+    await p;
+  } catch (err) {
+    return err as Error;
+  }
+  throw new Error('expected a rejection');
+}
+
+/** Reopens a copy of the directory as a kill -9 at this moment would leave it, and checks every acknowledged write. */
+async function expectAckedAfterCrash(h: Harness): Promise<Store> {
+  const crashed = await tempDir('faults-crashed');
+  await copyStoreDir(h.dir, crashed);
+  const again = await openStore(crashed, { warn: () => undefined });
+  open.push(again);
+  for (const [key, md5] of h.acked) expect(await md5Of(again, key), key).to.equal(md5);
+  return again;
+}
+
+afterEach(async () => {
+  for (const s of open.splice(0)) await s.close().catch(() => undefined);
+});
+
+describe('store: I/O faults', () => {
+  describe('a failed fsync stops every write until a restart, and reads go on', () => {
+    const cases: Array<{ what: string; rule: FaultRule; inDb: boolean }> = [
+      { what: 'fdatasync of a block', rule: { op: 'datasync', name: /^block/ }, inDb: false },
+      { what: 'fdatasync of the journal', rule: { op: 'datasync', name: /^zipkv-journal$/ }, inDb: true },
+      { what: 'fsync of the directory after a new block', rule: { op: 'syncDir' }, inDb: false },
+    ];
+    for (const { what, rule, inDb } of cases) {
+      it(what, async () => {
+        const h = await harness({ blockSize: 4096 });
+        await h.put('before', Buffer.from('acknowledged before the fault'));
+        h.faults.fail({ ...rule, times: 1 });
+        const err = await rejection(h.store.put('failing', pseudoRandomBytes(5000, 1)));
+        expect(err).to.be.instanceOf(StoreFailedError);
+        expect(err.message).to.match(/EIO/).and.match(rule.op === 'syncDir' ? /fsync of \// : rule.name!.source.includes('block') ? /block\d{10}/ : /zipkv-journal/);
+        expect(h.store.head('failing'), 'never acknowledged, never visible').to.equal(undefined);
+        // The kernel reports a writeback error once: the next fsync would succeed over lost
+        // pages. Every later write is refused, even though the fault is gone.
+        for (const write of [
+          () => h.store.put('after', Buffer.from('x')),
+          () => h.store.delete('before'),
+          () => h.store.copy('before', 'copy'),
+          () => h.store.checkpoint(),
+          () => h.store.stage(Buffer.from('part')),
+        ]) {
+          expect(await rejection(write())).to.equal(err);
+        }
+        expect(h.failures, 'reported once').to.have.length(1);
+        expect(h.store.stats().failure).to.equal(err.message);
+        expect((await h.store.read(h.store.head('before')!)).toString()).to.equal('acknowledged before the fault');
+        await h.store.close();
+        // A restart recovers from what is on disk: everything acknowledged, nothing half-done.
+        const again = await openStore(h.dir, { warn: () => undefined });
+        open.push(again);
+        expect(await md5Of(again, 'before')).to.equal(md5hex(Buffer.from('acknowledged before the fault')));
+        if (!inDb) expect(again.head('failing')).to.equal(undefined);
+        await again.put('after', Buffer.from('writes again'));
+      });
+    }
+
+    it('fsync of the next db during a checkpoint', async () => {
+      const h = await harness();
+      await h.put('a', Buffer.from('a'));
+      h.faults.fail({ op: 'sync', name: /^db\d{10}\.zipkv-tmp$/ });
+      const err = await rejection(h.store.checkpoint());
+      expect(err).to.be.instanceOf(StoreFailedError);
+      expect((err as StoreFailedError).reason).to.be.instanceOf(DurabilityError);
+      expect(err.message).to.include('db0000000000.zipkv-tmp');
+      expect(await rejection(h.store.put('b', Buffer.from('b')))).to.equal(err);
+      expect(h.failures).to.have.length(1);
+      await expectAckedAfterCrash(h);
+    });
+
+    it('fsync of a new journal during a checkpoint', async () => {
+      const h = await harness();
+      await h.put('a', Buffer.from('a'));
+      h.faults.fail({ op: 'datasync', name: /^zipkv-journal\.zipkv-tmp$/ });
+      expect(await rejection(h.store.checkpoint())).to.be.instanceOf(StoreFailedError);
+      expect(await rejection(h.store.put('b', Buffer.from('b')))).to.be.instanceOf(StoreFailedError);
+      await expectAckedAfterCrash(h);
+    });
+
+    it('a journal that cannot be cut back after a failed write', async () => {
+      const h = await harness();
+      await h.put('a', Buffer.from('a'));
+      h.faults.fail({ op: 'write', name: /^zipkv-journal$/, times: 1, code: 'EIO' }).fail({ op: 'truncate', name: /^zipkv-journal$/ });
+      expect(await rejection(h.store.put('b', Buffer.from('b')))).to.be.instanceOf(StoreFailedError);
+      expect(await rejection(h.store.put('c', Buffer.from('c')))).to.be.instanceOf(StoreFailedError);
+      await expectAckedAfterCrash(h);
+    });
+  });
+
+  describe('a failed open, write or rename fails only what it must', () => {
+    it('a full disk on a journal append fails that batch; the next writes go on', async () => {
+      const h = await harness();
+      await h.put('a', Buffer.from('a'));
+      h.faults.fail({ op: 'write', name: /^zipkv-journal$/, times: 1, code: 'ENOSPC' });
+      const err = await rejection(h.store.put('b', Buffer.from('b')));
+      expect((err as NodeJS.ErrnoException).code).to.equal('ENOSPC');
+      expect(h.store.failure).to.equal(undefined);
+      expect(h.store.head('b')).to.equal(undefined);
+      await h.put('c', Buffer.from('c'));
+      const again = await expectAckedAfterCrash(h);
+      expect(allKeys(again)).to.deep.equal(['a', 'c']);
+    });
+
+    it('a full disk while a large body streams into its block fails that put only', async () => {
+      const h = await harness();
+      h.faults.fail({ op: 'write', name: /^block/, times: 1, code: 'ENOSPC' });
+      const err = await rejection(h.store.put('big', pseudoRandomBytes(3 << 20, 2)));
+      expect((err as NodeJS.ErrnoException).code).to.equal('ENOSPC');
+      expect(h.store.failure).to.equal(undefined);
+      await h.put('small', Buffer.from('small'));
+      await expectAckedAfterCrash(h);
+    });
+
+    it('a block file that cannot be created does not become the open block', async () => {
+      const h = await harness({ blockSize: 1000 });
+      await h.put('first', pseudoRandomBytes(800, 3)); // block0000000000
+      h.faults.fail({ op: 'create', name: /^block0000000001$/, code: 'EMFILE' });
+      const err = await rejection(h.store.put('second', pseudoRandomBytes(800, 4)));
+      expect((err as NodeJS.ErrnoException).code).to.equal('EMFILE');
+      // The next reservation starts a new block instead of piling onto the one that failed.
+      await h.put('third', pseudoRandomBytes(100, 5));
+      await h.put('fourth', pseudoRandomBytes(100, 6));
+      expect(h.store.head('third')!.entry.block).to.equal(2);
+      expect(await blockFiles(h.dir)).to.deep.equal(['block0000000000', 'block0000000002']);
+      expect(h.store.failure).to.equal(undefined);
+      await h.store.checkpoint();
+      await expectAckedAfterCrash(h);
+    });
+
+    for (const [what, rule] of [
+      ['the new journal cannot be opened (EMFILE)', { op: 'create', name: /^zipkv-journal\.zipkv-tmp$/, code: 'EMFILE' }],
+      ['the new journal cannot be renamed into place', { op: 'rename', name: /^zipkv-journal\.zipkv-tmp$/, code: 'EIO' }],
+    ] as Array<[string, FaultRule]>) {
+      it(`a checkpoint whose ${what} leaves the writer on the current journal`, async () => {
+        const h = await harness();
+        for (let i = 0; i < 5; i++) await h.put(`before-${i}`, pseudoRandomBytes(100, i));
+        h.faults.fail({ ...rule, times: 1 });
+        const err = await rejection(h.store.checkpoint());
+        expect((err as NodeJS.ErrnoException).code).to.equal(rule.code);
+        expect(h.store.failure).to.equal(undefined);
+        expect(h.warnings.join('\n')).to.match(/checkpoint failed/);
+        // Writes acknowledged now must be in the file that is the journal, not an unlinked one.
+        for (let i = 0; i < 5; i++) await h.put(`after-${i}`, pseudoRandomBytes(100, 10 + i));
+        await h.store.delete('before-0');
+        h.acked.set('before-0', undefined);
+        await expectAckedAfterCrash(h);
+        // The next checkpoint replaces the journal after all.
+        await h.store.checkpoint();
+        await h.put('last', Buffer.from('last'));
+        await expectAckedAfterCrash(h);
+        expect(await fs.readdir(h.dir)).to.not.include('zipkv-journal.zipkv-tmp');
+      });
+    }
+
+    it('a full disk while writing the next db: the checkpoint fails, writes go on, the next one succeeds', async () => {
+      const h = await harness();
+      await h.put('a', Buffer.from('a'));
+      h.faults.fail({ op: 'write', name: /^db\d{10}\.zipkv-tmp$/, times: 1, code: 'ENOSPC' });
+      expect((await rejection(h.store.checkpoint()) as NodeJS.ErrnoException).code).to.equal('ENOSPC');
+      expect(await fs.readdir(h.dir)).to.not.include('db0000000000.zipkv-tmp');
+      await h.put('b', Buffer.from('b'));
+      await h.store.checkpoint();
+      expect(await fs.readdir(h.dir)).to.include('db0000000000');
+      await expectAckedAfterCrash(h);
+    });
+  });
+
+  describe('rebase never loses history to a crash or a failed write', () => {
+    for (const [what, rule] of [
+      ['the rebased db cannot be created', { op: 'create', name: /^db\d{10}\.zipkv-tmp$/ }],
+      ['the rebased db cannot be renamed into place', { op: 'rename', name: /^db\d{10}\.zipkv-tmp$/, after: 1 }],
+    ] as Array<[string, FaultRule]>) {
+      it(`${what}: the whole history, journal records included, is still there`, async () => {
+        const dir = await tempDir('rebase-fault');
+        const s = await openStore(dir, { checkpointBytes: 1 << 30 });
+        await s.put('a', Buffer.from('a'));
+        await s.checkpoint();
+        // These live only in the journal when the rebase starts.
+        await s.put('b', Buffer.from('b'));
+        await s.put('c', Buffer.from('c'));
+        // Closing would fold them; the lock file is removed instead, as after a crash.
+        const crashed = await tempDir('rebase-fault-crashed');
+        await copyStoreDir(dir, crashed);
+        await s.close();
+        const faults = new FaultyStorage(new LocalStorage(crashed)).fail({ ...rule, code: 'EIO' });
+        const err = await rejection(rebaseInPlace(crashed, 0, { storage: faults }));
+        expect((err as NodeJS.ErrnoException).code).to.equal('EIO');
+        const again = await openStore(crashed, { readOnly: true });
+        open.push(again);
+        expect(again.revision).to.equal(2);
+        expect(allKeys(again)).to.deep.equal(['a', 'b', 'c']);
+        // And the rebase goes through once the fault is gone.
+        await again.close();
+        await rebaseInPlace(crashed, 0);
+        const rebased = await openStore(crashed, { readOnly: true });
+        open.push(rebased);
+        expect(allKeys(rebased)).to.deep.equal(['a']);
+        expect(path.basename(crashed)).to.match(/rebase-fault-crashed/);
+      });
+    }
+  });
+});
