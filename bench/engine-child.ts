@@ -7,7 +7,12 @@
  *   wa DIR PUTS [CKPT]       PUTs of 4 KiB through the store API: bytes written to journal and db
  *                            (CKPT: checkpointBytes; the default setting when absent)
  *   fill DIR KEYS            KEYS puts of 16 bytes (list/00000000...) through the store API, fsync off
+ *   ckpt DIR SECONDS [nofsync]
+ *                            PUT latency while checkpoints run back to back, on a store made by
+ *                            `build` (durable, as `zipkv serve` opens it, unless nofsync); DIR is
+ *                            removed at the end
  */
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -189,9 +194,116 @@ async function fill(dir: string, keys: number): Promise<{ seconds: number; keys:
   return { seconds: (performance.now() - t0) / 1000, keys };
 }
 
+export interface CheckpointLatencyResult {
+  /** Length of the window in which puts and checkpoints were started. */
+  windowSeconds: number;
+  /** From the start of the window until the last put was acknowledged. */
+  seconds: number;
+  writers: number;
+  bodyBytes: number;
+  fsync: boolean;
+  /** Opening the store beforehand (not in the window). */
+  openMs: number;
+  puts: number;
+  putsPerSec: number;
+  p50Ms: number;
+  p99Ms: number;
+  p999Ms: number;
+  maxMs: number;
+  checkpoints: number;
+  checkpointMeanMs: number;
+  checkpointMaxMs: number;
+  /** Every checkpoint's duration, in the order run. */
+  checkpointMs: number[];
+  /** Pause between the end of one checkpoint and the start of the next. */
+  checkpointGapMs: number;
+}
+
+const CKPT_WRITERS = 16;
+const CKPT_BODY = 4096;
+const CKPT_GAP_MS = 250;
+
+function percentile(sorted: Float64Array, p: number): number {
+  if (sorted.length === 0) return NaN;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i]!;
+}
+
+/**
+ * PUT latency while checkpoints happen: the store in `dir` (made by `build`) is opened, then for
+ * `seconds` seconds 16 callers PUT 4 KiB random bodies under fresh keys, each awaiting its put
+ * before the next, while another loop calls `checkpoint()` back to back (each starting
+ * CKPT_GAP_MS after the previous one ended, the first CKPT_GAP_MS into the window). No put or
+ * checkpoint starts after the window; those in flight at its end are waited for and counted.
+ * Every put's latency is recorded (performance.now() around the await), and every checkpoint's
+ * duration as its caller sees it. The directory is removed afterwards.
+ */
+async function checkpointLatency(dir: string, seconds: number, fsync: boolean): Promise<CheckpointLatencyResult> {
+  try {
+    const tOpen = performance.now();
+    const store = await openStore(dir, { fsync });
+    const openMs = performance.now() - tOpen;
+    const latencies: number[] = [];
+    const checkpointMs: number[] = [];
+    let next = 0;
+    const t0 = performance.now();
+    const deadline = t0 + seconds * 1000;
+    const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+    // A failed checkpoint ends the loop; it is reported once the writers are done.
+    let checkpointError: unknown;
+    const checkpoints = (async () => {
+      for (;;) {
+        await sleep(Math.min(CKPT_GAP_MS, Math.max(0, deadline - performance.now())));
+        if (performance.now() >= deadline) return;
+        const t = performance.now();
+        await store.checkpoint();
+        checkpointMs.push(performance.now() - t);
+      }
+    })().catch((err: unknown) => {
+      checkpointError = err;
+    });
+    const writers = Array.from({ length: CKPT_WRITERS }, async () => {
+      while (performance.now() < deadline) {
+        const key = `ckpt_${next++}`;
+        const body = randomBytes(CKPT_BODY);
+        const t = performance.now();
+        await store.put(key, body);
+        latencies.push(performance.now() - t);
+      }
+    });
+    await Promise.all(writers);
+    const elapsed = (performance.now() - t0) / 1000;
+    await checkpoints;
+    await store.close();
+    if (checkpointError) throw checkpointError;
+    const sorted = Float64Array.from(latencies).sort();
+    return {
+      windowSeconds: seconds,
+      seconds: elapsed,
+      writers: CKPT_WRITERS,
+      bodyBytes: CKPT_BODY,
+      fsync,
+      openMs,
+      puts: sorted.length,
+      putsPerSec: sorted.length / elapsed,
+      p50Ms: percentile(sorted, 50),
+      p99Ms: percentile(sorted, 99),
+      p999Ms: percentile(sorted, 99.9),
+      maxMs: sorted.length ? sorted[sorted.length - 1]! : NaN,
+      checkpoints: checkpointMs.length,
+      checkpointMeanMs: checkpointMs.length ? checkpointMs.reduce((a, b) => a + b, 0) / checkpointMs.length : NaN,
+      checkpointMaxMs: checkpointMs.length ? Math.max(...checkpointMs) : NaN,
+      checkpointMs,
+      checkpointGapMs: CKPT_GAP_MS,
+    };
+  } finally {
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+}
+
 async function main(): Promise<void> {
   const [mode, dir, arg, arg2] = process.argv.slice(2);
-  if (!dir) throw new Error('usage: engine-child build|wa DIR N');
+  if (!dir) throw new Error('usage: engine-child build|wa|fill|ckpt DIR N');
   let result: unknown;
   switch (mode) {
     case 'build':
@@ -203,6 +315,12 @@ async function main(): Promise<void> {
     case 'fill':
       result = await fill(dir, Number(arg));
       break;
+    case 'ckpt': {
+      const seconds = Number(arg);
+      if (!(seconds > 0)) throw new Error('usage: engine-child ckpt DIR SECONDS [nofsync]');
+      result = await checkpointLatency(dir, seconds, arg2 !== 'nofsync');
+      break;
+    }
     default:
       throw new Error(`unknown mode ${mode}`);
   }

@@ -1,15 +1,16 @@
 /**
  * Engine figures for `npm run bench`, without HTTP: opening a store of many history records,
- * memory per live key, `zipkv history` and `zipkv rebase` over that store, and checkpoint write
- * amplification. Every measurement runs in a child process of its own: bench/engine-child.ts
- * (building the store, write amplification), bench/engine.ts's `open-child` (open time and
- * memory, opened as a writer as `zipkv serve` does) and bin/zipkv.
+ * memory per live key, `zipkv history` and `zipkv rebase` over that store, checkpoint write
+ * amplification, and PUT latency while checkpoints run on a store of as many records. Every
+ * measurement runs in a child process of its own: bench/engine-child.ts (building the store,
+ * write amplification, PUT latency during checkpoints), bench/engine.ts's `open-child` (open time
+ * and memory, opened as a writer as `zipkv serve` does) and bin/zipkv.
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { BuildResult, WriteAmpResult } from './engine-child.js';
+import type { BuildResult, CheckpointLatencyResult, WriteAmpResult } from './engine-child.js';
 import { freshDir, ROOT, ZIPKV_BIN } from './servers.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -49,6 +50,15 @@ export interface EngineResults {
   rebase: CommandTiming;
   /** The default checkpoint setting, then a small one that makes checkpoints frequent. */
   writeAmp: WriteAmpFigures[];
+  /** Durable PUTs of 4 KiB while checkpoints run back to back (absent in results of older runs). */
+  checkpointLatency?: CheckpointLatencyFigures;
+  /** Why that figure is missing, when it failed (the other engine figures are kept). */
+  checkpointLatencyError?: string;
+}
+
+export interface CheckpointLatencyFigures extends CheckpointLatencyResult {
+  /** History records of the store before the window (written by `build`). */
+  records: number;
 }
 
 export interface WriteAmpFigures extends WriteAmpResult {
@@ -64,6 +74,8 @@ export interface EngineOptions {
   records: number;
   openRuns: number;
   writeAmpPuts: number;
+  /** Window of the PUT-latency-during-checkpoints figure. */
+  checkpointSeconds: number;
   log: (line: string) => void;
 }
 
@@ -183,6 +195,15 @@ export async function runEngine(options: EngineOptions): Promise<EngineResults> 
     writeAmp.push({ ...wa, label, dbPerObjectByte: wa.dbBytesWritten / wa.objectBytes, journalPerObjectByte: wa.journalBytes / wa.objectBytes });
   }
 
+  let checkpointLatency: CheckpointLatencyFigures | undefined;
+  let checkpointLatencyError: string | undefined;
+  try {
+    checkpointLatency = await runCheckpointLatency(records, options.checkpointSeconds, log);
+  } catch (err) {
+    checkpointLatencyError = (err as Error).message;
+    log(`engine: PUT latency during checkpoints failed: ${checkpointLatencyError}`);
+  }
+
   return {
     records,
     build,
@@ -193,7 +214,33 @@ export async function runEngine(options: EngineOptions): Promise<EngineResults> 
     history,
     rebase,
     writeAmp,
+    checkpointLatency,
+    checkpointLatencyError,
   };
+}
+
+/**
+ * PUT latency while checkpoints happen: a fresh store of `records` history records (the one
+ * measured above has been rebased), then `ckpt` over it for `seconds` (the child removes it).
+ */
+async function runCheckpointLatency(records: number, seconds: number, log: (line: string) => void): Promise<CheckpointLatencyFigures> {
+  const dir = await freshDir('engine-ckpt');
+  try {
+    const store = path.join(dir, 'store');
+    await child<BuildResult>(CHILD, ['build', store, String(records)], 300_000);
+    log(`engine: PUT latency during checkpoints: 16 writers of 4 KiB (durable) for ${seconds} s, checkpoints back to back, ${records.toLocaleString('en-US')} records`);
+    const result = await child<CheckpointLatencyResult>(CHILD, ['ckpt', store, String(seconds)], seconds * 1000 + 180_000);
+    // NaN (no puts, no checkpoint) arrives as null.
+    const f = (v: number | null, digits: number) => (typeof v === 'number' ? v.toFixed(digits) : '-');
+    log(
+      `engine: ${result.puts.toLocaleString('en-US')} PUTs (${f(result.putsPerSec, 0)}/s), p50 ${f(result.p50Ms, 2)} ms, ` +
+        `p99 ${f(result.p99Ms, 2)} ms, max ${f(result.maxMs, 1)} ms; ${result.checkpoints} checkpoints, ` +
+        `mean ${f(result.checkpointMeanMs, 0)} ms, max ${f(result.checkpointMaxMs, 0)} ms`,
+    );
+    return { ...result, records };
+  } finally {
+    await fs.promises.rm(dir, { recursive: true, force: true });
+  }
 }
 
 /** Fills a zipkv store directory with `keys` 16-byte objects through the store API (fsync off). */

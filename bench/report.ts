@@ -4,7 +4,7 @@ import path from 'node:path';
 import Table from 'cli-table3';
 import type { LoadResult } from './client.js';
 import type { DiskFigures } from './disk.js';
-import type { EngineResults } from './engine-figures.js';
+import type { CheckpointLatencyFigures, EngineResults } from './engine-figures.js';
 import { SERVER_LABELS, type ServerKind } from './servers.js';
 import type { Cell } from './workloads.js';
 
@@ -48,6 +48,8 @@ export interface Meta {
   s3rverListKeys: number;
   engineRecords: number;
   writeAmpPuts: number;
+  /** Window of the PUT-latency-during-checkpoints figure (absent in results of older runs). */
+  checkpointSeconds?: number;
   /** The disk under the temporary directories, measured before the run. */
   disk?: DiskFigures;
   seconds?: number;
@@ -95,6 +97,15 @@ function fmtMs(v: number): string {
   if (v >= 100) return v.toFixed(0);
   if (v >= 10) return v.toFixed(1);
   return v.toFixed(2);
+}
+
+/** What the PUT-latency-during-checkpoints row says after its p99, in both the console and Markdown. */
+function checkpointLatencyDetail(c: CheckpointLatencyFigures): string {
+  return (
+    `${c.writers} writers, ${c.bodyBytes / 1024} KiB PUTs${c.fsync ? '' : ' (fsync off)'}, fresh keys, ${c.windowSeconds} s: ` +
+    `${c.puts.toLocaleString('en-US')} PUTs (${fmtOps(c.putsPerSec)}/s), p50 ${fmtMs(c.p50Ms)}, p99.9 ${fmtMs(c.p999Ms)}, max ${fmtMs(c.maxMs)} ms; ` +
+    `${c.checkpoints} checkpoints back to back (${c.checkpointGapMs} ms apart), mean ${fmtMs(c.checkpointMeanMs)} ms, max ${fmtMs(c.checkpointMaxMs)} ms`
+  );
 }
 
 function fmtMb(v: number): string {
@@ -269,6 +280,12 @@ export function formatEngine(engine: EngineResults | undefined, error: string | 
         `journal ${fmtBytes(wa.journalBytes)} (${(wa.journalPerObjectByte * 100).toFixed(2)}%)`,
     ]);
   }
+  const ckpt = engine.checkpointLatency;
+  if (ckpt) {
+    table.push([`PUT p99 during checkpoints, ${ckpt.records.toLocaleString('en-US')} records`, `${fmtMs(ckpt.p99Ms)} ms`, checkpointLatencyDetail(ckpt)]);
+  } else if (engine.checkpointLatencyError) {
+    table.push(['PUT p99 during checkpoints', 'failed', engine.checkpointLatencyError.slice(0, 200)]);
+  }
   return `\nEngine (no HTTP)\n${table.toString()}`;
 }
 
@@ -339,6 +356,12 @@ export function markdownResults(results: BenchResults): string {
         `${(wa.dbPerObjectByte * 100).toFixed(2)}% (journal ${(wa.journalPerObjectByte * 100).toFixed(2)}%)`,
       ]),
     ];
+    if (e.checkpointLatency) {
+      const c = e.checkpointLatency;
+      rows.push([`PUT p99 during checkpoints, ${c.records.toLocaleString('en-US')} records (${checkpointLatencyDetail(c)})`, `${fmtMs(c.p99Ms)} ms`]);
+    } else if (e.checkpointLatencyError) {
+      rows.push(['PUT p99 during checkpoints', `failed: ${e.checkpointLatencyError.slice(0, 200)}`]);
+    }
     out.push(mdTable(['engine figure', 'value'], rows, ['l', 'r']));
   }
   return out.join('\n');

@@ -99,8 +99,8 @@ async function main(): Promise<void> {
   const started = performance.now();
   const profileDir = path.join(ROOT, 'bench-results', 'profiles');
   const config = options.quick
-    ? { windowMs: 500, warmupMs: 100, reps: 1, listKeys: 20_000, s3rverListKeys: 2_000, engineRecords: 200_000, openRuns: 1, writeAmpPuts: 10_000 }
-    : { windowMs: 1000, warmupMs: 250, reps: 2, listKeys: 100_000, s3rverListKeys: 10_000, engineRecords: 1_000_000, openRuns: 2, writeAmpPuts: 20_000 };
+    ? { windowMs: 500, warmupMs: 100, reps: 1, listKeys: 20_000, s3rverListKeys: 2_000, engineRecords: 200_000, openRuns: 1, writeAmpPuts: 10_000, checkpointSeconds: 3 }
+    : { windowMs: 1000, warmupMs: 250, reps: 2, listKeys: 100_000, s3rverListKeys: 10_000, engineRecords: 1_000_000, openRuns: 2, writeAmpPuts: 20_000, checkpointSeconds: 10 };
   const cpus = os.cpus();
   const flags = process.argv.slice(2);
   const meta: Meta = {
@@ -194,7 +194,7 @@ async function main(): Promise<void> {
   if (!options.only || options.only.includes('engine')) {
     log(`\n== engine figures (at ${elapsed(started)}, load ${os.loadavg()[0]!.toFixed(2)})`);
     try {
-      engine = await runEngine({ records: config.engineRecords, openRuns: config.openRuns, writeAmpPuts: config.writeAmpPuts, log });
+      engine = await runEngine({ records: config.engineRecords, openRuns: config.openRuns, writeAmpPuts: config.writeAmpPuts, checkpointSeconds: config.checkpointSeconds, log });
     } catch (err) {
       engineError = (err as Error).message;
       log(`engine figures failed: ${engineError}`);
