@@ -18,6 +18,16 @@ const MAGIC = 0x4a564b5a; // "ZKVJ" read as a little-endian u32
 const VERSION = 1;
 export const JOURNAL_HEADER_SIZE = 16;
 const FRAME_HEADER_SIZE = 8;
+/**
+ * One commit appends at most this many records, and syncs the bodies of at most
+ * SYNCED_WITH_JOURNAL_MAX bytes at the same time as the journal (one round of syncs instead of
+ * two). A crash can then leave the last commit's records durable and some of their bytes not:
+ * recovery checks the bytes of the small bodies among the last MAX_COMMIT_RECORDS records
+ * against their MD5, and stops before the first that does not match (see recovery.ts).
+ */
+export const MAX_COMMIT_RECORDS = 1024;
+export const SYNCED_WITH_JOURNAL_MAX = 128 * 1024;
+
 /** A record larger than this is not one the engine writes: treat it as damage. */
 const MAX_RECORD_SIZE = 16 * 1024 * 1024;
 

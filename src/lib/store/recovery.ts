@@ -7,15 +7,19 @@
  * the db newer than the journal, never older: the journal's records that the db already holds
  * must then be the db's own records, byte for byte, and are skipped; the rest follow the db.
  * Recovery stops, with a warning, at a journal record that cannot be decoded or that points
- * outside the blocks (only writes made without fsync leave one behind).
+ * outside the blocks (only writes made without fsync leave one behind), and at a small body of
+ * the last commit whose bytes do not match their MD5: a commit syncs such bodies at the same time
+ * as its journal records, so a power loss can keep the records and lose some of the bytes; that
+ * commit was never acknowledged.
  */
+import { createHash } from 'node:crypto';
 import { currentDbSlot } from './db-file.js';
 import { StoreCorruptError } from './errors.js';
 import { JOURNAL_FILE, blockFileName, dbFileName, listStore } from './files.js';
-import { type JournalContents, readJournal } from './journal.js';
+import { type JournalContents, MAX_COMMIT_RECORDS, SYNCED_WITH_JOURNAL_MAX, readJournal } from './journal.js';
 import { type PutFields, fromRawKey } from './object-index.js';
 import { type RecordBytes, type ReplayHandler, decodeRecord, replayDbStream } from './replay.js';
-import { type FileInfo, type ReadableFile, type Storage, fileStream } from './storage/storage.js';
+import { type FileInfo, type ReadableFile, type Storage, fileStream, readFully } from './storage/storage.js';
 
 export interface RecoveryOptions {
   /** Hand over at most this many records (opening at a revision: revision + 1). */
@@ -68,6 +72,34 @@ export function locationProblem(loc: { block: number; offset: number; size: numb
     return `points past the end of ${blockFileName(loc.block)} (${loc.offset}+${loc.size} > ${size} bytes)`;
   }
   return undefined;
+}
+
+/** A small body of the journal's tail whose bytes recovery checks. */
+interface BodyToCheck {
+  rev: number;
+  block: number;
+  offset: number;
+  size: number;
+  md5: Buffer;
+}
+
+/** The index of the first body whose bytes do not match their MD5, or undefined. */
+async function firstBodyMismatch(storage: Storage, checks: ReadonlyArray<BodyToCheck | undefined>): Promise<number | undefined> {
+  const files = new Map<number, ReadableFile>();
+  try {
+    for (let i = 0; i < checks.length; i++) {
+      const check = checks[i];
+      if (!check) continue;
+      let file = files.get(check.block);
+      if (!file) files.set(check.block, (file = await storage.openRead(blockFileName(check.block))));
+      const bytes = Buffer.allocUnsafe(check.size);
+      await readFully(file, bytes, check.size, check.offset);
+      if (!createHash('md5').update(bytes).digest().equals(check.md5)) return i;
+    }
+    return undefined;
+  } finally {
+    await Promise.all([...files.values()].map((f) => f.close()));
+  }
 }
 
 export async function recoverHistory(storage: Storage, opts: RecoveryOptions = {}): Promise<RecoveredHistory> {
@@ -157,34 +189,62 @@ export async function recoverHistory(storage: Storage, opts: RecoveryOptions = {
     );
   }
 
-  const journalPayloads: Uint8Array[] = [];
+  let journalPayloads: Uint8Array[] = [];
   if (journal && journal.baseRevision >= 0) {
+    // First the records that decode and point inside the blocks, then the check of the last
+    // commit's bytes, and only then are they handed over.
+    const checks: Array<BodyToCheck | undefined> = [];
     let stopped = false;
     for (let i = 0, rev = journal.baseRevision; i < journal.records.length && !stopped; i++, rev++) {
       if (rev < dbRecords) continue; // compared above
       const payload = journal.records[i]!;
       const later = journal.records.length - i - 1;
+      let check: BodyToCheck | undefined;
       try {
         decodeRecord(payload, journalWhere, rev, {
-          put(rawKey, fields, r, bytes) {
+          put(_rawKey, fields, r) {
             const problem = locationProblem(fields, blocks);
             if (problem) {
               warnings.push(`${journalWhere}: revision ${r} ${problem}; recovery stops before it and ignores ${later} later records`);
               stopped = true;
               return;
             }
-            noteBlock(fields);
-            if (r < limit) visit?.put(rawKey, fields, r, bytes);
+            if (fields.size > 0 && fields.size <= SYNCED_WITH_JOURNAL_MAX && fields.md5At >= 0) {
+              const md5 = Buffer.from(fields.buf.subarray(fields.md5At, fields.md5At + 16));
+              check = { rev: r, block: fields.block, offset: fields.offset, size: fields.size, md5 };
+            }
           },
-          delete(rawKey, r, bytes) {
-            if (r < limit) visit?.delete(rawKey, r, bytes);
-          },
+          delete() {},
         });
       } catch (err) {
         warnings.push(`${(err as Error).message}; recovery ignores it and ${later} later records`);
         stopped = true;
       }
-      if (!stopped) journalPayloads.push(payload);
+      if (stopped) break;
+      journalPayloads.push(payload);
+      checks.push(check);
+    }
+    const tail = Math.max(0, journalPayloads.length - MAX_COMMIT_RECORDS);
+    const bad = await firstBodyMismatch(storage, checks.slice(tail));
+    if (bad !== undefined) {
+      const kept = tail + bad;
+      warnings.push(
+        `${journalWhere}: the bytes of revision ${checks[kept]!.rev} do not match their MD5 (a commit cut short by a crash of the ` +
+          `machine, never acknowledged); recovery stops before it and ignores ${journalPayloads.length - kept - 1} later records`,
+      );
+      journalPayloads = journalPayloads.slice(0, kept);
+    }
+    let rev = dbRecords;
+    for (const payload of journalPayloads) {
+      decodeRecord(payload, journalWhere, rev++, {
+        put(rawKey, fields, r, bytes) {
+          noteBlock(fields);
+          if (r < limit) visit?.put(rawKey, fields, r, bytes);
+        },
+        delete(rawKey, r, bytes) {
+          if (r < limit) visit?.delete(rawKey, r, bytes);
+        },
+      });
     }
     if (journal.ignoredBytes > 0) {
       warnings.push(`${journalWhere}: ignored ${journal.ignoredBytes} bytes of a torn or damaged tail after revision ${dbRecords + journalPayloads.length - 1}`);

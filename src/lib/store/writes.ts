@@ -8,6 +8,13 @@
  * crash could take back. Concurrent writers share those syncs: while one batch is made durable,
  * the next one gathers.
  *
+ * When every body of a batch is small (SYNCED_WITH_JOURNAL_MAX), steps 2-4 run at the same time:
+ * one round of syncs on the path of a reply instead of two. A power loss in the middle can then
+ * keep the journal records and lose some of the bytes; recovery checks the small bodies of the
+ * last commit against their MD5 and stops before the first that does not match (a commit is at
+ * most MAX_COMMIT_RECORDS records, so it knows how far back to look). Batches with a larger body
+ * sync their blocks first, so recovery never has to read large bodies.
+ *
  * A failed sync stops all writes (see DurabilityError): the batch is never acknowledged, and no
  * later one is either, because Linux reports a writeback error only once and a later sync would
  * "succeed" over the lost pages. A failed write (a full disk) fails its batch only.
@@ -18,6 +25,7 @@ import { type Body, BodyCheck, writePieces } from './body.js';
 import type { HistoryLog } from './checkpoint.js';
 import { BodySizeMismatchError, DurabilityError, type FailureLatch, ObjectTooLargeError } from './errors.js';
 import { MAX_OBJECT_SIZE } from './files.js';
+import { MAX_COMMIT_RECORDS, SYNCED_WITH_JOURNAL_MAX } from './journal.js';
 import { IndexEntry, type ObjectIndex, toRawKey } from './object-index.js';
 import { type HistoryRecord, type Location, encodeHistoryRecord, encodeMetadata } from './schema.js';
 
@@ -63,7 +71,7 @@ interface RunningCheckpoint {
  * small bodies with one writev per run of adjacent reservations: one system call for many
  * requests instead of one each. Larger bodies stream into their block as they arrive.
  */
-const DEFERRED_BODY_MAX = 128 * 1024;
+const DEFERRED_BODY_MAX = SYNCED_WITH_JOURNAL_MAX;
 
 export class Writer {
   private pending: PendingOp[] = [];
@@ -182,9 +190,7 @@ export class Writer {
     try {
       while (this.hasWork()) {
         if (this.pending.length > 0) {
-          const batch = this.pending;
-          this.pending = [];
-          await this.commitBatch(batch);
+          await this.commitBatch(this.pending.splice(0, MAX_COMMIT_RECORDS));
         }
         if (this.running?.settled) await this.finishCheckpoint(this.running);
         if (!this.running && (this.checkpointWaiters.length > 0 || (this.log.due && !this.latch.failure))) this.startCheckpoint();
@@ -221,17 +227,14 @@ export class Writer {
     try {
       if (applied.length > 0) {
         await writeDeferredBodies(applied);
-        if (this.durable) {
-          const blocks = [...new Set(applied.flatMap((op) => (op.reservation ? [op.reservation.block] : [])))];
-          // datasync also waits for the file to exist, so the directory sync below covers it.
-          await Promise.all(blocks.map((b) => b.datasync()));
-          const created = blocks.filter((b) => !b.entrySynced);
-          if (created.length > 0) {
-            await this.syncDir();
-            for (const b of created) b.entrySynced = true;
-          }
+        const payloads = applied.map((op) => encodeHistoryRecord(op.record));
+        if (!this.durable) await this.log.append(payloads);
+        else if (applied.every((op) => !op.reservation || op.reservation.size <= SYNCED_WITH_JOURNAL_MAX)) {
+          await allDone([this.syncBlocks(applied), this.log.append(payloads)]);
+        } else {
+          await this.syncBlocks(applied);
+          await this.log.append(payloads);
         }
-        await this.log.append(applied.map((op) => encodeHistoryRecord(op.record)));
       }
     } catch (err) {
       const reason = err instanceof DurabilityError ? this.latch.fail(err) : (err as Error);
@@ -244,6 +247,18 @@ export class Writer {
     }
     for (const op of applied) op.resolve(true);
     for (const op of skipped) op.resolve(false);
+  }
+
+  /** fdatasync of the blocks a batch wrote, and of the directory if one of them is new. */
+  private async syncBlocks(applied: PendingOp[]): Promise<void> {
+    const blocks = [...new Set(applied.flatMap((op) => (op.reservation ? [op.reservation.block] : [])))];
+    // datasync also waits for the file to exist, so the directory sync below covers it.
+    await allDone(blocks.map((b) => b.datasync()));
+    const created = blocks.filter((b) => !b.entrySynced);
+    if (created.length > 0) {
+      await this.syncDir();
+      for (const b of created) b.entrySynced = true;
+    }
   }
 
   private startCheckpoint(): void {
@@ -283,6 +298,16 @@ export class Writer {
       else w.resolve();
     }
   }
+}
+
+/**
+ * Waits for every step, then fails with a DurabilityError if any step had one: a sync error is
+ * never hidden behind another step's failure, since the kernel reports it only once.
+ */
+async function allDone(steps: Array<Promise<void>>): Promise<void> {
+  const results = await Promise.allSettled(steps);
+  const errors = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as Error] : []));
+  if (errors.length > 0) throw errors.find((e) => e instanceof DurabilityError) ?? errors[0];
 }
 
 /** Writes the held small bodies of a batch: one writev per run of adjacent reservations. */
