@@ -66,7 +66,7 @@ export class BodyCheck {
 const WRITE_PIECE = 1024 * 1024;
 
 /**
- * Writes chunks from `position` on. Chunks are gathered into pieces of about WRITE_PIECE bytes,
+ * Writes chunks from `position` on. Chunks are gathered into pieces of about `pieceBytes` bytes,
  * and one piece is written while the next is received, so the socket and the disk work at the
  * same time with bounded memory.
  */
@@ -74,24 +74,25 @@ export async function writePieces(
   chunks: AsyncIterable<Buffer>,
   write: (buffers: readonly Uint8Array[], position: number) => Promise<void>,
   position: number,
+  pieceBytes = WRITE_PIECE,
 ): Promise<void> {
   let piece: Buffer[] = [];
-  let pieceBytes = 0;
+  let gathered = 0;
   let at = position;
   let writing: Promise<void> = Promise.resolve();
   const flush = async () => {
     await writing;
     writing = write(piece, at);
     writing.catch(() => undefined); // surfaced by the next await of `writing`
-    at += pieceBytes;
+    at += gathered;
     piece = [];
-    pieceBytes = 0;
+    gathered = 0;
   };
   for await (const chunk of chunks) {
     piece.push(chunk);
-    pieceBytes += chunk.length;
-    if (pieceBytes >= WRITE_PIECE) await flush();
+    gathered += chunk.length;
+    if (gathered >= pieceBytes) await flush();
   }
-  if (pieceBytes > 0) await flush();
+  if (gathered > 0) await flush();
   await writing;
 }

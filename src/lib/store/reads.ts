@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { BlockReader } from './blocks.js';
+import { type BodyCache, CACHED_BODY_MAX } from './body-cache.js';
 import { type IndexEntry, type ObjectIndex, fromRawKey, toRawKey } from './object-index.js';
 import { decodeMetadata } from './schema.js';
 
@@ -43,6 +44,7 @@ export class ObjectReader {
     private readonly blocks: BlockReader,
     /** Block id -> file time in seconds: the write time of objects the original wrote. */
     private readonly blockTimes: ReadonlyMap<number, number>,
+    private readonly cache: BodyCache,
   ) {}
 
   /** The live object under `key`, or undefined. */
@@ -72,9 +74,17 @@ export class ObjectReader {
   }
 
   /** Bytes [start, end] (inclusive) of an object as one buffer: for small reads. */
-  read(info: ObjectInfo, start = 0, end = info.size - 1): Promise<Buffer> {
-    const [from, length] = clampRange(info.entry.size, start, end);
-    return this.blocks.read(info.entry.block, info.entry.offset + from, length);
+  async read(info: ObjectInfo, start = 0, end = info.size - 1): Promise<Buffer> {
+    const { block, offset, size } = info.entry;
+    const [from, length] = clampRange(size, start, end);
+    if (size > CACHED_BODY_MAX) return this.blocks.read(block, offset + from, length);
+    // A small object is read, and kept, whole: the next read of any part of it is a memory copy.
+    let body = this.cache.get(block, offset, size);
+    if (!body) {
+      body = await this.blocks.read(block, offset, size);
+      this.cache.set(block, offset, body);
+    }
+    return from === 0 && length === size ? body : body.subarray(from, from + length);
   }
 
   /** A page of keys in UTF-8 byte order, with S3's delimiter roll-up. */

@@ -13,6 +13,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { BlockReader, BlockWriter } from './blocks.js';
+import { BodyCache } from './body-cache.js';
 import type { Body } from './body.js';
 import { DEFAULT_CHECKPOINT_BYTES, HistoryLog } from './checkpoint.js';
 import { FailureLatch, StoreError, StoreFailedError, StoreStateError, durably } from './errors.js';
@@ -60,6 +61,10 @@ export interface StoreStats {
   dbSlot: number | undefined;
   /** Why writes are stopped, if they are. */
   failure: string | undefined;
+  /** Memory held for small bodies waiting for their commit (bounded). */
+  heldBodyBytes: number;
+  /** Memory of the cache of small bodies (bounded). */
+  cachedBodyBytes: number;
 }
 
 /** The parts only a writer has. */
@@ -80,6 +85,7 @@ export class Store {
   private readonly index = new ObjectIndex();
   private readonly blockReader: BlockReader;
   private readonly blockTimes = new Map<number, number>();
+  private readonly cache = new BodyCache();
   private readonly reader: ObjectReader;
   private readonly latch: FailureLatch;
   private readonly warn: (message: string) => void;
@@ -97,7 +103,7 @@ export class Store {
     this.readOnly = opts.readOnly === true || opts.revision !== undefined;
     this.storage = opts.storage ?? new LocalStorage(dir);
     this.blockReader = new BlockReader(this.storage);
-    this.reader = new ObjectReader(this.index, this.blockReader, this.blockTimes);
+    this.reader = new ObjectReader(this.index, this.blockReader, this.blockTimes, this.cache);
     this.warn = opts.warn ?? ((m) => process.emitWarning(m));
     const onFailure = opts.onFailure ?? ((f: StoreFailedError) => this.warn(f.message));
     this.latch = new FailureLatch(dir, onFailure);
@@ -157,7 +163,7 @@ export class Store {
       checkpointBytes: opts.checkpointBytes ?? DEFAULT_CHECKPOINT_BYTES,
     });
     const syncDir = () => durably(this.storage.root, 'fsync', () => this.storage.syncDir());
-    const writer = new Writer(this.index, blocks, log, this.latch, this.durable, syncDir, this.warn);
+    const writer = new Writer(this.index, blocks, log, this.latch, this.durable, syncDir, this.warn, this.cache);
     this.parts = { lock, blocks, log, writer, staging: new Staging(this.storage) };
   }
 
@@ -186,6 +192,8 @@ export class Store {
       journalBytes: parts?.log.journalBytes ?? 0,
       dbSlot: parts?.log.currentDbSlot,
       failure: this.latch.failure?.message,
+      heldBodyBytes: parts?.writer.heldBodyBytes ?? 0,
+      cachedBodyBytes: this.cache.size,
     };
   }
 

@@ -21,6 +21,7 @@
  */
 import type { Readable } from 'node:stream';
 import type { BlockWriter, OpenBlock, Reservation } from './blocks.js';
+import { type BodyCache, CACHED_BODY_MAX } from './body-cache.js';
 import { type Body, BodyCheck, writePieces } from './body.js';
 import type { HistoryLog } from './checkpoint.js';
 import { BodySizeMismatchError, DurabilityError, type FailureLatch, ObjectTooLargeError } from './errors.js';
@@ -72,6 +73,8 @@ interface RunningCheckpoint {
  * requests instead of one each. Larger bodies stream into their block as they arrive.
  */
 const DEFERRED_BODY_MAX = SYNCED_WITH_JOURNAL_MAX;
+/** Memory held, in all, for small bodies waiting for their commit. */
+const HELD_BODY_BYTES = 64 * 1024 * 1024;
 
 export class Writer {
   private pending: PendingOp[] = [];
@@ -79,6 +82,8 @@ export class Writer {
   private checkpointWaiters: Waiter[] = [];
   private running: RunningCheckpoint | undefined;
   private runningDone: Promise<void> | undefined;
+  /** Bytes of small bodies held until their commit (at most HELD_BODY_BYTES). */
+  private heldBytes = 0;
 
   constructor(
     private readonly index: ObjectIndex,
@@ -88,6 +93,7 @@ export class Writer {
     private readonly durable: boolean,
     private readonly syncDir: () => Promise<void>,
     private readonly warn: (message: string) => void,
+    private readonly cache: BodyCache,
   ) {}
 
   /** Stores `body` (of `opts.size` bytes when a stream) under `key`; resolves once durable. */
@@ -99,15 +105,21 @@ export class Writer {
       throw new BodySizeMismatchError(opts.size, size);
     }
     const reservation = size > 0 ? this.blocks.reserve(size) : undefined;
+    let held = 0;
     try {
       const check = new BodyCheck(size, opts.expectedMd5);
       let data: Buffer[] | undefined;
-      if (reservation && size <= DEFERRED_BODY_MAX) {
+      if (reservation && size <= DEFERRED_BODY_MAX && this.heldBytes + size <= HELD_BODY_BYTES) {
+        held = size;
+        this.heldBytes += size;
         data = [];
         for await (const chunk of check.chunks(body)) data.push(chunk);
       } else if (reservation) {
+        // A small body over the memory budget (many slow uploads at once) is written chunk by
+        // chunk as it arrives, so it holds no more than its socket's buffer.
         const { block, offset } = reservation;
-        await writePieces(check.chunks(body), (buffers, position) => block.writev(buffers, position), offset);
+        const pieceBytes = size <= DEFERRED_BODY_MAX ? 0 : undefined;
+        await writePieces(check.chunks(body), (buffers, position) => block.writev(buffers, position), offset, pieceBytes);
       } else {
         for await (const _ of check.chunks(body)) void _; // an empty body: only checks it is empty
       }
@@ -128,6 +140,7 @@ export class Writer {
       if (!(body instanceof Uint8Array)) (body as Readable).destroy();
       throw err;
     } finally {
+      this.heldBytes -= held;
       if (reservation) this.blocks.release(reservation);
     }
   }
@@ -151,6 +164,11 @@ export class Writer {
   /** Deletes `key`; false (and no record) when it does not exist. */
   delete(key: string): Promise<boolean> {
     return this.commit({ raw: toRawKey(key), record: { kind: 'delete', key }, entry: undefined, reservation: undefined });
+  }
+
+  /** Bytes of small bodies held in memory until their commit. */
+  get heldBodyBytes(): number {
+    return this.heldBytes;
   }
 
   /** A checkpoint that folds every write acknowledged before this call. */
@@ -226,7 +244,7 @@ export class Writer {
     }
     try {
       if (applied.length > 0) {
-        await writeDeferredBodies(applied);
+        await writeDeferredBodies(applied, this.cache);
         const payloads = applied.map((op) => encodeHistoryRecord(op.record));
         if (!this.durable) await this.log.append(payloads);
         else if (applied.every((op) => !op.reservation || op.reservation.size <= SYNCED_WITH_JOURNAL_MAX)) {
@@ -311,7 +329,7 @@ async function allDone(steps: Array<Promise<void>>): Promise<void> {
 }
 
 /** Writes the held small bodies of a batch: one writev per run of adjacent reservations. */
-async function writeDeferredBodies(ops: PendingOp[]): Promise<void> {
+async function writeDeferredBodies(ops: PendingOp[], cache: BodyCache): Promise<void> {
   const held = ops.filter((op) => op.data && op.reservation);
   if (held.length === 0) return;
   held.sort((a, b) => a.reservation!.block.id - b.reservation!.block.id || a.reservation!.offset - b.reservation!.offset);
@@ -333,5 +351,9 @@ async function writeDeferredBodies(ops: PendingOp[]): Promise<void> {
     i = j;
   }
   await Promise.all(writes);
-  for (const op of held) op.data = undefined;
+  for (const op of held) {
+    // A copy: the caller may reuse its buffer, and a slice would keep a larger one alive.
+    if (op.reservation!.size <= CACHED_BODY_MAX) cache.set(op.reservation!.block.id, op.reservation!.offset, Buffer.concat(op.data!));
+    op.data = undefined;
+  }
 }
