@@ -30,6 +30,8 @@ export class HistoryLog {
   private count: number;
   /** Encoded records in the journal and not yet in the db. */
   private unfolded: Uint8Array[];
+  /** Records a checkpoint under way is writing into the next db. */
+  private folding: Uint8Array[] = [];
   private dbSlot: number | undefined;
   private dbCompressedSize: number;
   /** The next block id the current db records. */
@@ -75,6 +77,15 @@ export class HistoryLog {
     return this.count;
   }
 
+  /**
+   * The history as it is now, for a reader that streams it: the current db's name and the
+   * records after it (held in memory). The db file stays readable once opened, even if a
+   * checkpoint replaces it meanwhile.
+   */
+  view(): { dbName: string | undefined; tail: Uint8Array[]; records: number } {
+    return { dbName: this.dbSlot === undefined ? undefined : dbFileName(this.dbSlot), tail: [...this.folding, ...this.unfolded], records: this.count };
+  }
+
   /** Records not yet folded into the db. */
   get unfoldedRecords(): number {
     return this.unfolded.length;
@@ -113,6 +124,7 @@ export class HistoryLog {
     const folded = this.unfolded;
     const base = this.count;
     this.unfolded = [];
+    this.folding = folded;
     try {
       const { slot, compressedSize } = await writeNextDb(this.storage, this.dbSlot, folded, nextBlockId, this.opts.durable);
       this.dbSlot = slot;
@@ -122,6 +134,8 @@ export class HistoryLog {
       // The journal still holds them: fold them next time.
       this.unfolded = folded.concat(this.unfolded);
       throw err;
+    } finally {
+      this.folding = [];
     }
     return base;
   }

@@ -20,6 +20,8 @@ export interface ObjectInfo {
   metadata: Record<string, string>;
   /** Opaque handle for reads. */
   readonly entry: IndexEntry;
+  /** The revision that wrote this version (its version id), when known. */
+  version?: number;
 }
 
 export interface ListOptions {
@@ -135,9 +137,10 @@ export class ObjectReader {
     return result;
   }
 
-  info(key: string, entry: IndexEntry): ObjectInfo {
+  info(key: string, entry: IndexEntry, version?: number): ObjectInfo {
     const mtime = entry.mtime || this.blockTimes.get(entry.block) || 0;
     return {
+      version,
       key,
       size: entry.size,
       etag: entry.etag ?? entry.md5,

@@ -7,6 +7,7 @@
  *   writes.ts      put, copy, delete and the group commit (where a write is acknowledged)
  *   checkpoint.ts  folding the journal into the next db slot, beside the writes
  *   staging.ts     bodies kept aside: spooled bodies of unknown size, multipart parts
+ *   versions.ts    every record as a version of its key, its revision as version id
  *   storage/       the files themselves, behind one small interface
  */
 import fsp from 'node:fs/promises';
@@ -19,17 +20,19 @@ import { DEFAULT_CHECKPOINT_BYTES, HistoryLog } from './checkpoint.js';
 import { FailureLatch, StoreError, StoreFailedError, StoreStateError, durably } from './errors.js';
 import { DEFAULT_BLOCK_SIZE, MAX_OBJECT_SIZE } from './files.js';
 import { DirectoryLock } from './lock.js';
-import { ObjectIndex } from './object-index.js';
+import { type IndexEntry, ObjectIndex } from './object-index.js';
 import { type ListOptions, type ListResult, type ObjectInfo, ObjectReader } from './reads.js';
 import { recoverHistory } from './recovery.js';
 import { type StageOptions, type StagedBody, Staging } from './staging.js';
 import { LocalStorage } from './storage/local.js';
 import type { Storage } from './storage/storage.js';
-import { type PutOptions, Writer } from './writes.js';
+import { type CommittedRecord, type PutOptions, type Written, Writer } from './writes.js';
+import { type Version, VersionIndex, type VersionList, type VersionListOptions } from './versions.js';
 
 export type { ListOptions, ListResult, ObjectInfo } from './reads.js';
 export type { PutOptions } from './writes.js';
 export type { StagedBody, StageOptions } from './staging.js';
+export type { Version, VersionList, VersionListOptions } from './versions.js';
 
 export interface OpenOptions {
   /** Largest block file; default 40 MiB, as the original. */
@@ -90,6 +93,7 @@ export class Store {
   private readonly latch: FailureLatch;
   private readonly warn: (message: string) => void;
   private parts: WriterParts | undefined;
+  private versionIndex: Promise<VersionIndex> | undefined;
   /** Records in the history (of a read-only view: up to its revision). */
   private recordCount = 0;
   private inFlight = 0;
@@ -226,6 +230,58 @@ export class Store {
     return this.reader.list(opts);
   }
 
+  // ---------------------------------------------------------------- versions
+
+  /** A page of versions (every put and delete of the history), each key's newest first. */
+  async listVersions(opts: VersionListOptions): Promise<VersionList> {
+    return (await this.versions()).list(opts);
+  }
+
+  /** Version `revision` of `key`, or undefined when that revision is not a version of that key. */
+  async version(key: string, revision: number): Promise<Version | undefined> {
+    return (await this.versions()).get(key, revision);
+  }
+
+  /** What a client sees of a version that has bytes (not a delete marker). */
+  versionInfo(version: Version & { entry: IndexEntry }): ObjectInfo {
+    return this.reader.info(version.key, version.entry, version.revision);
+  }
+
+  /** The index of versions, built on first use and then kept up to date by every commit. */
+  private versions(): Promise<VersionIndex> {
+    const parts = this.parts;
+    if (!parts) return Promise.reject(new StoreStateError(`${this.dir}: versions are served by the store's writer`));
+    this.versionIndex ??= this.buildVersions(parts).catch((err: unknown) => {
+      this.versionIndex = undefined;
+      parts.writer.onCommit = undefined;
+      throw err;
+    });
+    return this.versionIndex;
+  }
+
+  private async buildVersions(parts: WriterParts): Promise<VersionIndex> {
+    // Commits made while the history is read are queued, then added (those it already read are
+    // skipped by revision).
+    const queued: CommittedRecord[] = [];
+    parts.writer.onCommit = (records) => void queued.push(...records);
+    let index: VersionIndex;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        index = await VersionIndex.build(this.storage, parts.log.view());
+        break;
+      } catch (err) {
+        // A checkpoint replaced the db between looking at it and opening it.
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt === 5) throw err;
+      }
+    }
+    const add = (records: CommittedRecord[]) => {
+      for (const r of records) index.add(r.revision, r.raw, r.entry ?? null);
+    };
+    add(queued);
+    parts.writer.onCommit = add;
+    return index;
+  }
+
   // ---------------------------------------------------------------- writes
 
   /**
@@ -243,7 +299,7 @@ export class Store {
           await parts.staging.discard(staged);
         }
       }
-      return this.reader.info(key, await parts.writer.put(key, body, opts));
+      return this.written(key, await parts.writer.put(key, body, opts));
     });
   }
 
@@ -252,12 +308,12 @@ export class Store {
     return this.writing(async (parts) => {
       const source = this.reader.head(sourceKey);
       if (!source) return undefined;
-      return this.reader.info(key, await parts.writer.copy(source.entry, key, metadata, modifiedMs));
+      return this.written(key, await parts.writer.copy(source.entry, key, metadata, modifiedMs));
     });
   }
 
-  /** Deletes `key`; false (and no record) when it does not exist. */
-  delete(key: string): Promise<boolean> {
+  /** Deletes `key`: the revision of the delete record, or undefined (no record) when there is no such key. */
+  delete(key: string): Promise<number | undefined> {
     return this.writing((parts) => parts.writer.delete(key));
   }
 
@@ -276,9 +332,13 @@ export class Store {
     await this.parts?.staging.discard(body);
   }
 
+  private written(key: string, { entry, revision }: Written): ObjectInfo {
+    return this.reader.info(key, entry, revision);
+  }
+
   private async putStagedWith(parts: WriterParts, key: string, bodies: readonly StagedBody[], opts: PutOptions): Promise<ObjectInfo> {
     const size = bodies.reduce((n, b) => n + b.size, 0);
-    return this.reader.info(key, await parts.writer.put(key, parts.staging.stream(bodies), { ...opts, size }));
+    return this.written(key, await parts.writer.put(key, parts.staging.stream(bodies), { ...opts, size }));
   }
 
   /**

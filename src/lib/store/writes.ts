@@ -50,9 +50,23 @@ type PendingOp = {
   reservation: Reservation | undefined;
   /** A small body, held until the commit writes the batch's bodies together. */
   data?: Buffer[];
-  resolve: (applied: boolean) => void;
+  /** With the record's revision, or undefined when the op wrote no record. */
+  resolve: (revision: number | undefined) => void;
   reject: (err: Error) => void;
 };
+
+/** What a write recorded: the revision is its version id. */
+export interface Written {
+  entry: IndexEntry;
+  revision: number;
+}
+
+/** A record just made durable, with its revision (for the index of versions). */
+export interface CommittedRecord {
+  revision: number;
+  raw: string;
+  entry: IndexEntry | undefined; // undefined for a delete
+}
 
 interface Waiter {
   resolve: () => void;
@@ -97,7 +111,7 @@ export class Writer {
   ) {}
 
   /** Stores `body` (of `opts.size` bytes when a stream) under `key`; resolves once durable. */
-  async put(key: string, body: Body, opts: PutOptions = {}): Promise<IndexEntry> {
+  async put(key: string, body: Body, opts: PutOptions = {}): Promise<Written> {
     const size = body instanceof Uint8Array ? body.length : opts.size!;
     if (!Number.isSafeInteger(size) || size < 0) throw new RangeError(`an object size is a whole number of bytes, not ${size}`);
     if (size > MAX_OBJECT_SIZE) throw new ObjectTooLargeError(size, MAX_OBJECT_SIZE);
@@ -134,8 +148,8 @@ export class Writer {
         etag: opts.etag,
       };
       const entry = IndexEntry.fromLocation(location);
-      await this.commit({ raw: toRawKey(key), record: { kind: 'put', key, location }, entry, reservation, data });
-      return entry;
+      const revision = await this.commit({ raw: toRawKey(key), record: { kind: 'put', key, location }, entry, reservation, data });
+      return { entry, revision: revision! };
     } catch (err) {
       if (!(body instanceof Uint8Array)) (body as Readable).destroy();
       throw err;
@@ -146,7 +160,7 @@ export class Writer {
   }
 
   /** A new record pointing at `source`'s bytes, with its own metadata and time. */
-  async copy(source: IndexEntry, key: string, metadata: Record<string, string> | undefined, modifiedMs?: number): Promise<IndexEntry> {
+  async copy(source: IndexEntry, key: string, metadata: Record<string, string> | undefined, modifiedMs?: number): Promise<Written> {
     const location: Location = {
       block: source.block,
       offset: source.offset,
@@ -157,14 +171,17 @@ export class Writer {
       etag: source.etag,
     };
     const entry = IndexEntry.fromLocation(location);
-    await this.commit({ raw: toRawKey(key), record: { kind: 'put', key, location }, entry, reservation: undefined });
-    return entry;
+    const revision = await this.commit({ raw: toRawKey(key), record: { kind: 'put', key, location }, entry, reservation: undefined });
+    return { entry, revision: revision! };
   }
 
-  /** Deletes `key`; false (and no record) when it does not exist. */
-  delete(key: string): Promise<boolean> {
+  /** Deletes `key`: the revision of its delete record, or undefined (no record) when it does not exist. */
+  delete(key: string): Promise<number | undefined> {
     return this.commit({ raw: toRawKey(key), record: { kind: 'delete', key }, entry: undefined, reservation: undefined });
   }
+
+  /** Told of every batch of records just made durable, in order. */
+  onCommit: ((records: CommittedRecord[]) => void) | undefined;
 
   /** Bytes of small bodies held in memory until their commit. */
   get heldBodyBytes(): number {
@@ -187,8 +204,8 @@ export class Writer {
     }
   }
 
-  private commit(op: Omit<PendingOp, 'resolve' | 'reject'>): Promise<boolean> {
-    return new Promise<boolean>((resolve, reject) => {
+  private commit(op: Omit<PendingOp, 'resolve' | 'reject'>): Promise<number | undefined> {
+    return new Promise<number | undefined>((resolve, reject) => {
       this.pending.push({ ...op, resolve, reject });
       this.kick();
     });
@@ -242,6 +259,7 @@ export class Writer {
       }
       applied.push(op);
     }
+    const firstRevision = this.log.records;
     try {
       if (applied.length > 0) {
         await writeDeferredBodies(applied, this.cache);
@@ -263,8 +281,9 @@ export class Writer {
       if (op.entry) this.index.set(op.raw, op.entry);
       else this.index.delete(op.raw);
     }
-    for (const op of applied) op.resolve(true);
-    for (const op of skipped) op.resolve(false);
+    if (this.onCommit) this.onCommit(applied.map((op, i) => ({ revision: firstRevision + i, raw: op.raw, entry: op.entry })));
+    applied.forEach((op, i) => op.resolve(firstRevision + i));
+    for (const op of skipped) op.resolve(undefined);
   }
 
   /** fdatasync of the blocks a batch wrote, and of the directory if one of them is new. */
