@@ -6,7 +6,7 @@ import { openRequestBody, readSmallBody } from './body.js';
 import { header, type RequestContext } from './context.js';
 import { s3Error } from './errors.js';
 import { objectMetadataFrom } from './metadata.js';
-import { announcedSize, checkKey, objectOrThrow, parseContentMd5, parseCopySource, quoteEtag } from './objects.js';
+import { announcedSize, checkKey, copySourceObject, parseContentMd5, quoteEtag } from './objects.js';
 import { conditionHeaders, evaluatePreconditions } from './preconditions.js';
 import { sendEmpty, sendXml } from './respond.js';
 import { MAX_PART_NUMBER } from './uploads.js';
@@ -47,7 +47,7 @@ export async function uploadPart(ctx: RequestContext): Promise<void> {
 }
 
 async function uploadPartCopy(ctx: RequestContext, id: string, number: number): Promise<void> {
-  const source = objectOrThrow(ctx, parseCopySource(ctx));
+  const source = await copySourceObject(ctx);
   const etag = await ctx.store.etagOf(source);
   if (evaluatePreconditions(conditionHeaders(ctx.req.headers, 'x-amz-copy-source-'), etag, source.lastModified) !== 'proceed') {
     throw s3Error('PreconditionFailed');
@@ -85,6 +85,7 @@ export async function completeMultipartUpload(ctx: RequestContext): Promise<void
     return { number: Number(number), etag };
   });
   const info = await ctx.uploads.complete(id, key, list);
+  ctx.res.setHeader('x-amz-version-id', String(info.version));
   sendXml(
     ctx,
     200,

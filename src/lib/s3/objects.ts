@@ -9,6 +9,7 @@ import { s3Error } from './errors.js';
 import { RESPONSE_OVERRIDES, metadataResponseHeaders, objectMetadataFrom } from './metadata.js';
 import { conditionHeaders, evaluatePreconditions, parseRange } from './preconditions.js';
 import { sendEmpty, sendXml } from './respond.js';
+import { parseVersionId } from './versions.js';
 import { xmlDocument } from './xml.js';
 
 /** Bodies up to this size are read with one call and sent with one write. */
@@ -30,6 +31,24 @@ export function objectOrThrow(ctx: RequestContext, key: string): ObjectInfo {
 }
 
 /**
+ * The object a request names: the live one, or version `versionId` (a revision). A delete
+ * marker's id is 405 with x-amz-delete-marker, and an id that is not a version of the key is
+ * NoSuchVersion, as S3 answers.
+ */
+async function objectOrVersion(ctx: RequestContext, key: string, versionId: string | null): Promise<ObjectInfo> {
+  // "null" is S3's id for a version written before versioning: here, the current one.
+  if (versionId === null || versionId === 'null') return objectOrThrow(ctx, key);
+  const version = await ctx.store.version(key, parseVersionId(versionId));
+  if (!version) throw s3Error('NoSuchVersion', undefined, { Key: key, VersionId: versionId });
+  if (!version.entry) {
+    ctx.res.setHeader('x-amz-delete-marker', 'true');
+    ctx.res.setHeader('x-amz-version-id', versionId);
+    throw s3Error('MethodNotAllowed', 'The specified method is not allowed against a delete marker.', { Method: ctx.req.method ?? 'GET', ResourceType: 'DeleteMarker' });
+  }
+  return ctx.store.versionInfo({ ...version, entry: version.entry });
+}
+
+/**
  * GET/HEAD ?partNumber=N. Part boundaries are not kept once an upload completes, so every object
  * is answered as one part: part 1 is the whole object (without x-amz-mp-parts-count, which tells
  * clients that download by parts that there is just the one) and any other part is refused.
@@ -46,13 +65,14 @@ function checkPartNumber(ctx: RequestContext): void {
 
 export async function getObject(ctx: RequestContext, headOnly: boolean): Promise<void> {
   const key = ctx.key!;
-  const info = objectOrThrow(ctx, key);
+  const info = await objectOrVersion(ctx, key, ctx.query.get('versionId'));
   checkPartNumber(ctx);
   const etag = await ctx.store.etagOf(info);
   const validators: OutgoingHttpHeaders = {
     ETag: quoteEtag(etag),
     'Last-Modified': info.lastModified.toUTCString(),
   };
+  if (info.version !== undefined) validators['x-amz-version-id'] = String(info.version);
   if (evaluatePreconditions(conditionHeaders(ctx.req.headers), etag, info.lastModified) === 'not-modified') {
     ctx.res.writeHead(304, validators);
     ctx.res.end();
@@ -117,17 +137,16 @@ export async function putObject(ctx: RequestContext): Promise<void> {
   const expectedMd5 = parseContentMd5(ctx);
   const body = openRequestBody(ctx);
   const info = await ctx.store.put(key, body.stream, { size: body.size, metadata, expectedMd5 });
-  sendEmpty(ctx, 200, { ETag: quoteEtag(info.etag!) });
+  sendEmpty(ctx, 200, { ETag: quoteEtag(info.etag!), 'x-amz-version-id': String(info.version) });
 }
 
 /** x-amz-copy-source in every form clients send: with or without a leading slash, URL-encoded. */
-export function parseCopySource(ctx: RequestContext): string {
+export function parseCopySource(ctx: RequestContext): { key: string; versionId: string | null } {
   let value = header(ctx, 'x-amz-copy-source')!;
   const q = value.indexOf('?');
+  let versionId: string | null = null;
   if (q >= 0) {
-    const params = new URLSearchParams(value.slice(q + 1));
-    const version = params.get('versionId');
-    if (version !== null && version !== 'null') throw s3Error('InvalidArgument', 'This server does not keep object versions.', { ArgumentName: 'versionId', ArgumentValue: version });
+    versionId = new URLSearchParams(value.slice(q + 1)).get('versionId');
     value = value.slice(0, q);
   }
   let decoded: string;
@@ -143,13 +162,19 @@ export function parseCopySource(ctx: RequestContext): string {
   }
   const bucket = decoded.slice(0, slash);
   if (bucket !== ctx.config.bucket) throw s3Error('NoSuchBucket', undefined, { BucketName: bucket });
-  return decoded.slice(slash + 1);
+  return { key: decoded.slice(slash + 1), versionId };
+}
+
+/** The object (or version) an x-amz-copy-source names. */
+export async function copySourceObject(ctx: RequestContext): Promise<ObjectInfo> {
+  const { key, versionId } = parseCopySource(ctx);
+  return objectOrVersion(ctx, key, versionId);
 }
 
 export async function copyObject(ctx: RequestContext): Promise<void> {
   const key = ctx.key!;
-  const sourceKey = parseCopySource(ctx);
-  const source = objectOrThrow(ctx, sourceKey);
+  const source = await copySourceObject(ctx);
+  const sourceKey = source.key;
   const etag = await ctx.store.etagOf(source);
   if (evaluatePreconditions(conditionHeaders(ctx.req.headers, 'x-amz-copy-source-'), etag, source.lastModified) !== 'proceed') {
     throw s3Error('PreconditionFailed');
@@ -158,14 +183,16 @@ export async function copyObject(ctx: RequestContext): Promise<void> {
   if (directive !== 'COPY' && directive !== 'REPLACE') {
     throw s3Error('InvalidArgument', 'Unknown metadata directive.', { ArgumentName: 'x-amz-metadata-directive', ArgumentValue: directive });
   }
-  if (sourceKey === key && directive === 'COPY') {
+  if (sourceKey === key && directive === 'COPY' && source.version === undefined) {
     throw s3Error(
       'InvalidRequest',
       "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
     );
   }
-  const info = await ctx.store.copy(sourceKey, key, directive === 'REPLACE' ? objectMetadataFrom(ctx.req.headers) : undefined);
+  const info = await ctx.store.copy(source, key, directive === 'REPLACE' ? objectMetadataFrom(ctx.req.headers) : undefined);
   if (!info) throw s3Error('NoSuchKey', undefined, { Key: sourceKey });
+  ctx.res.setHeader('x-amz-version-id', String(info.version));
+  if (source.version !== undefined) ctx.res.setHeader('x-amz-copy-source-version-id', String(source.version));
   sendXml(
     ctx,
     200,
@@ -173,8 +200,12 @@ export async function copyObject(ctx: RequestContext): Promise<void> {
   );
 }
 
+/** A delete writes a delete record (a delete marker, as S3 calls it) unless the key is not there. */
 export async function deleteObject(ctx: RequestContext): Promise<void> {
   checkKey(ctx.key!);
-  await ctx.store.delete(ctx.key!);
-  sendEmpty(ctx, 204);
+  if (ctx.query.has('versionId')) {
+    throw s3Error('InvalidRequest', 'zipkv keeps every version: one cannot be deleted (zipkv rebase rewinds the whole store).');
+  }
+  const revision = await ctx.store.delete(ctx.key!);
+  sendEmpty(ctx, 204, revision === undefined ? {} : { 'x-amz-delete-marker': 'true', 'x-amz-version-id': String(revision) });
 }

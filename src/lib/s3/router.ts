@@ -9,6 +9,7 @@ import { deleteObjects } from './delete-objects.js';
 import { abortMultipartUpload, completeMultipartUpload, createMultipartUpload, uploadPart } from './multipart.js';
 import { listMultipartUploads, listParts } from './multipart-list.js';
 import { deleteObject, getObject, putObject } from './objects.js';
+import { getBucketVersioning, listObjectVersions, putBucketVersioning } from './versions.js';
 
 export type Handler = (ctx: RequestContext) => Promise<void> | void;
 
@@ -17,7 +18,7 @@ const UNSUPPORTED = [
   'accelerate', 'acl', 'analytics', 'attributes', 'cors', 'encryption', 'intelligent-tiering', 'inventory',
   'legal-hold', 'lifecycle', 'logging', 'metrics', 'notification', 'object-lock', 'ownershipControls', 'policy',
   'policyStatus', 'publicAccessBlock', 'replication', 'requestPayment', 'restore', 'retention', 'select',
-  'tagging', 'torrent', 'versioning', 'versions', 'website',
+  'tagging', 'torrent', 'website',
 ];
 
 export interface ParsedTarget {
@@ -74,11 +75,14 @@ export function route(ctx: RequestContext): Handler {
     switch (method) {
       case 'GET':
         if (query.has('location')) return getBucketLocation;
+        if (query.has('versioning')) return getBucketVersioning;
+        if (query.has('versions')) return listObjectVersions;
         if (query.has('uploads')) return listMultipartUploads;
         return listObjects;
       case 'HEAD':
         return headBucket;
       case 'PUT':
+        if (query.has('versioning')) return putBucketVersioning;
         return createBucket;
       case 'POST':
         if (query.has('delete')) return deleteObjects;
@@ -89,10 +93,11 @@ export function route(ctx: RequestContext): Handler {
         throw s3Error('MethodNotAllowed');
     }
   }
-  // Objects have no versions but the current one, which S3 calls "null".
+  // A version id (a revision) is read by GET and HEAD, and refused by DELETE (history is
+  // never erased): see objects.ts. Writes take none.
   const versionId = query.get('versionId');
-  if (versionId !== null && versionId !== 'null') {
-    throw s3Error('InvalidArgument', 'Invalid version id specified', { ArgumentName: 'versionId', ArgumentValue: versionId });
+  if (versionId !== null && method !== 'GET' && method !== 'HEAD' && method !== 'DELETE') {
+    throw s3Error('InvalidArgument', 'A version id is not taken by this operation.', { ArgumentName: 'versionId', ArgumentValue: versionId });
   }
   const inUpload = query.has('uploadId');
   switch (method) {

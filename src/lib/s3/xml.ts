@@ -29,8 +29,16 @@ export function escapeXml(text: string): string {
   });
 }
 
+/**
+ * Elements of different names in a given order (ListObjectVersions interleaves Version and
+ * DeleteMarker); the name it is given in its parent is not written.
+ */
+export class XmlSequence {
+  constructor(readonly items: Array<[string, XmlValue]>) {}
+}
+
 /** A node: element name with text, children, or nothing (undefined values are skipped). */
-export type XmlValue = string | number | boolean | undefined | XmlNode | XmlNode[];
+export type XmlValue = string | number | boolean | undefined | XmlNode | XmlNode[] | XmlSequence;
 export interface XmlNode {
   [name: string]: XmlValue | XmlValue[];
 }
@@ -39,6 +47,10 @@ function render(name: string, value: XmlValue | XmlValue[], out: string[]): void
   if (value === undefined) return;
   if (Array.isArray(value)) {
     for (const item of value) render(name, item, out);
+    return;
+  }
+  if (value instanceof XmlSequence) {
+    for (const [child, v] of value.items) render(child, v, out);
     return;
   }
   if (typeof value === 'object') {

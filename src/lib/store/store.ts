@@ -303,10 +303,13 @@ export class Store {
     });
   }
 
-  /** A copy: a new record pointing at the source's bytes, with its own metadata. */
-  copy(sourceKey: string, key: string, metadata?: Record<string, string>, modifiedMs?: number): Promise<ObjectInfo | undefined> {
+  /**
+   * A copy: a new record pointing at the source's bytes, with its own metadata. The source is a
+   * live key, or any version (`head`, `versionInfo`); undefined when the key does not exist.
+   */
+  copy(from: string | ObjectInfo, key: string, metadata?: Record<string, string>, modifiedMs?: number): Promise<ObjectInfo | undefined> {
     return this.writing(async (parts) => {
-      const source = this.reader.head(sourceKey);
+      const source = typeof from === 'string' ? this.reader.head(from) : from;
       if (!source) return undefined;
       return this.written(key, await parts.writer.copy(source.entry, key, metadata, modifiedMs));
     });
