@@ -118,7 +118,10 @@ describe('s3: versions (AWS SDK)', () => {
     for (let round = 0; round < 3; round++) {
       for (const key of ['a', 'dir/x', 'dir/y', 'z']) await t.client.send(new PutObjectCommand({ Bucket: 'bucket', Key: key, Body: `${key}${round}` }));
     }
+    const before = Date.now() - 1000;
     await t.client.send(new DeleteObjectCommand({ Bucket: 'bucket', Key: 'z' }));
+    const markers = (await t.client.send(new ListObjectVersionsCommand({ Bucket: 'bucket', Prefix: 'z' }))).DeleteMarkers!;
+    expect(markers[0]!.LastModified!.getTime(), 'a delete marker has the time of its delete').to.be.within(before, Date.now() + 1000);
     const whole = await listAll(t);
     expect(whole.entries.map((e) => `${e.key}@${e.id}${e.deleted ? 'D' : ''}${e.latest ? '*' : ''}`)).to.deep.equal([
       'a@8*', 'a@4', 'a@0',

@@ -68,9 +68,8 @@ export async function listObjectVersions(ctx: RequestContext): Promise<void> {
   for (const v of page.versions) {
     const common = { Key: encode(v.key), VersionId: String(v.revision), IsLatest: v.isLatest };
     if (!v.entry) {
-      // A delete record has no time of its own in the format: the time of the version it ended is
-      // not it either, so the marker carries the epoch only when nothing better is known.
-      entries.push(['DeleteMarker', { ...common, LastModified: new Date(0).toISOString(), Owner: OWNER }]);
+      // Deletes the original wrote kept no time: their markers carry the epoch.
+      entries.push(['DeleteMarker', { ...common, LastModified: (v.deletedAt ?? new Date(0)).toISOString(), Owner: OWNER }]);
       continue;
     }
     const info = ctx.store.versionInfo({ ...v, entry: v.entry });

@@ -97,7 +97,7 @@ export interface SnapshotRecord {
 /** The records of a snapshot in order, each made by `make`; the db is streamed, never held whole. */
 async function* snapshotItems<T>(
   snapshot: StoreSnapshot,
-  make: { put(rawKey: string, fields: PutFields, rev: number, bytes: RecordBytes): T; delete(rawKey: string, rev: number, bytes: RecordBytes): T },
+  make: { put(rawKey: string, fields: PutFields, rev: number, bytes: RecordBytes): T; delete(rawKey: string, rev: number, bytes: RecordBytes, modifiedMs: number): T },
 ): AsyncGenerator<T> {
   if (snapshot.dbName !== undefined) {
     if (!snapshot.db) throw new StoreStateError(`${snapshot.dir}: the snapshot is closed`);

@@ -160,9 +160,9 @@ export async function recoverHistory(storage: Storage, opts: RecoveryOptions = {
             noteBlock(fields);
             visit?.put(rawKey, fields, rev, bytes);
           },
-          delete(rawKey, rev, bytes) {
+          delete(rawKey, rev, bytes, modifiedMs) {
             compare(rev, bytes);
-            visit?.delete(rawKey, rev, bytes);
+            visit?.delete(rawKey, rev, bytes, modifiedMs);
           },
         },
         limit,
@@ -241,8 +241,8 @@ export async function recoverHistory(storage: Storage, opts: RecoveryOptions = {
           noteBlock(fields);
           if (r < limit) visit?.put(rawKey, fields, r, bytes);
         },
-        delete(rawKey, r, bytes) {
-          if (r < limit) visit?.delete(rawKey, r, bytes);
+        delete(rawKey, r, bytes, modifiedMs) {
+          if (r < limit) visit?.delete(rawKey, r, bytes, modifiedMs);
         },
       });
     }

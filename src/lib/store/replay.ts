@@ -23,7 +23,8 @@ export interface RecordBytes {
 export interface ReplayHandler {
   /** A put; `fields` is reused for the next record, so copy what must be kept. */
   put(rawKey: string, fields: PutFields, rev: number, bytes: RecordBytes): void;
-  delete(rawKey: string, rev: number, bytes: RecordBytes): void;
+  /** A delete; `modifiedMs` is its time (0 when the writer kept none, as the original). */
+  delete(rawKey: string, rev: number, bytes: RecordBytes, modifiedMs: number): void;
 }
 
 function emptyFields(): PutFields {
@@ -58,7 +59,7 @@ export function decodeRawRecord(payload: Uint8Array, where: string, rev: number)
   let result: RawRecord | undefined;
   decodeRecord(payload, where, rev, {
     put: (rawKey, f) => (result = { kind: 'put', rawKey, location: locationOf(f) }),
-    delete: (rawKey) => (result = { kind: 'delete', rawKey }),
+    delete: (rawKey, _rev, _bytes, modifiedMs) => (result = modifiedMs ? { kind: 'delete', rawKey, modifiedMs } : { kind: 'delete', rawKey }),
   });
   return result!;
 }
@@ -329,7 +330,7 @@ function record(c: Cursor, start: number, end: number, f: PutFields, where: stri
     }
   }
   if (kind === 0) throw new StoreCorruptError(`${where}: revision ${rev} is neither a put nor a delete`);
-  if (kind === 2) handler.delete(rawKey, rev, bytes);
+  if (kind === 2) handler.delete(rawKey, rev, bytes, f.modifiedMs);
   else handler.put(rawKey, f, rev, bytes);
 }
 
@@ -340,6 +341,7 @@ function part(c: Cursor, start: number, end: number, isPut: boolean, f: PutField
   let rawKey = '';
   let locStart = -1;
   let locEnd = -1;
+  if (!isPut) f.modifiedMs = 0;
   while (c.pos < end) {
     const tag = c.uint32();
     const field = tag >>> 3;
@@ -349,6 +351,8 @@ function part(c: Cursor, start: number, end: number, isPut: boolean, f: PutField
     } else if (isPut && field === 2 && (tag & 7) === 2) {
       locStart = c.lengthDelimited();
       locEnd = c.pos;
+    } else if (!isPut && field === 2 && (tag & 7) === 0) {
+      f.modifiedMs = c.sint64();
     } else c.skip(tag & 7);
   }
   if (!isPut) return rawKey;
@@ -410,12 +414,12 @@ function location(c: Cursor, start: number, end: number, f: PutFields): void {
 export async function* replayDbRecords<T>(
   source: Readable,
   where: string,
-  make: { put(rawKey: string, fields: PutFields, rev: number, bytes: RecordBytes): T; delete(rawKey: string, rev: number, bytes: RecordBytes): T },
+  make: { put(rawKey: string, fields: PutFields, rev: number, bytes: RecordBytes): T; delete(rawKey: string, rev: number, bytes: RecordBytes, modifiedMs: number): T },
 ): AsyncGenerator<T> {
   let batch: T[] = [];
   const replayer = new DbReplayer(where, {
     put: (rawKey, fields, rev, bytes) => void batch.push(make.put(rawKey, fields, rev, bytes)),
-    delete: (rawKey, rev, bytes) => void batch.push(make.delete(rawKey, rev, bytes)),
+    delete: (rawKey, rev, bytes, modifiedMs) => void batch.push(make.delete(rawKey, rev, bytes, modifiedMs)),
   });
   const gunzip = zlib.createGunzip({ chunkSize: READ_CHUNK });
   source.on('error', (err) => gunzip.destroy(err));

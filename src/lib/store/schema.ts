@@ -27,12 +27,12 @@ export interface Location {
 
 export type HistoryRecord =
   | { kind: 'put'; key: string; location: Location }
-  | { kind: 'delete'; key: string };
+  | { kind: 'delete'; key: string; modifiedMs?: number };
 
 /** A record as scanned from disk: the key is kept as raw UTF-8 bytes in a latin1 string. */
 export type RawRecord =
   | { kind: 'put'; rawKey: string; location: Location }
-  | { kind: 'delete'; rawKey: string };
+  | { kind: 'delete'; rawKey: string; modifiedMs?: number };
 
 export function encodeHistoryRecord(record: HistoryRecord): Uint8Array {
   const message =
@@ -52,7 +52,7 @@ export function encodeHistoryRecord(record: HistoryRecord): Uint8Array {
             },
           },
         }
-      : { delete: { filename: record.key } };
+      : { delete: { filename: record.key, modifiedMs: record.modifiedMs } };
   return HistoryRecordType.encode(HistoryRecordType.fromObject(message)).finish();
 }
 

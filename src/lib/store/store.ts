@@ -275,7 +275,7 @@ export class Store {
       }
     }
     const add = (records: CommittedRecord[]) => {
-      for (const r of records) index.add(r.revision, r.raw, r.entry ?? null);
+      for (const r of records) index.add(r.revision, r.raw, r.entry ?? r.deletedMs ?? 0);
     };
     add(queued);
     parts.writer.onCommit = add;

@@ -19,6 +19,8 @@ export interface Version {
   revision: number;
   /** The version's bytes and facts; undefined for a delete marker. */
   entry: IndexEntry | undefined;
+  /** A delete marker's time (undefined when its writer kept none, as the original). */
+  deletedAt?: Date;
   /** Whether this is the key's newest version. */
   isLatest: boolean;
 }
@@ -50,8 +52,8 @@ export interface HistoryView {
 export class VersionIndex {
   /** Raw key -> its revisions, oldest first. */
   private readonly byKey = new BTree<string, number[]>(undefined, compareRaw);
-  /** Revision -> the version's entry (null for a delete marker). */
-  private readonly entries: Array<IndexEntry | null> = [];
+  /** Revision -> the version's entry, or for a delete marker its time in ms (0: unknown). */
+  private readonly entries: Array<IndexEntry | number> = [];
   /** Revision -> its raw key (the same string instance as the tree's key). */
   private readonly keys: string[] = [];
 
@@ -64,7 +66,7 @@ export class VersionIndex {
         const where = `${storage.root}/${view.dbName}`;
         for await (const _ of replayDbRecords(fileStream(db), where, {
           put: (rawKey, fields, rev) => index.add(rev, rawKey, IndexEntry.fromLocation(locationOf(fields))),
-          delete: (rawKey, rev) => index.add(rev, rawKey, null),
+          delete: (rawKey, rev, _bytes, modifiedMs) => index.add(rev, rawKey, modifiedMs),
         })) void _;
       } finally {
         await db.close();
@@ -73,7 +75,7 @@ export class VersionIndex {
     let rev = view.records - view.tail.length;
     for (const payload of view.tail) {
       const record = decodeRawRecord(payload, `${storage.root} (journal)`, rev);
-      index.add(rev++, record.rawKey, record.kind === 'put' ? IndexEntry.fromLocation(record.location) : null);
+      index.add(rev++, record.rawKey, record.kind === 'put' ? IndexEntry.fromLocation(record.location) : (record.modifiedMs ?? 0));
     }
     return index;
   }
@@ -84,7 +86,7 @@ export class VersionIndex {
   }
 
   /** Adds the version written by `revision`; revisions come in order, each once. */
-  add(revision: number, rawKey: string, entry: IndexEntry | null): void {
+  add(revision: number, rawKey: string, entry: IndexEntry | number): void {
     if (revision !== this.entries.length) {
       if (revision < this.entries.length) return; // already in (read from the history, then told of its commit)
       throw new Error(`version index: revision ${revision} after ${this.entries.length - 1}`);
@@ -102,7 +104,13 @@ export class VersionIndex {
     const rawKey = toRawKey(key);
     if (!Number.isSafeInteger(revision) || revision < 0 || revision >= this.entries.length || this.keys[revision] !== rawKey) return undefined;
     const list = this.byKey.get(rawKey)!;
-    return { key, revision, entry: this.entries[revision] ?? undefined, isLatest: list[list.length - 1] === revision };
+    return this.version(key, revision, list[list.length - 1] === revision);
+  }
+
+  private version(key: string, revision: number, isLatest: boolean): Version {
+    const entry = this.entries[revision]!;
+    if (typeof entry !== 'number') return { key, revision, entry, isLatest };
+    return entry ? { key, revision, entry: undefined, isLatest, deletedAt: new Date(entry) } : { key, revision, entry: undefined, isLatest };
   }
 
   /** A page of versions in key order (UTF-8 bytes), each key's newest first, as S3 lists them. */
@@ -148,7 +156,7 @@ export class VersionIndex {
           result.truncated = true;
           return result;
         }
-        result.versions.push({ key, revision, entry: this.entries[revision] ?? undefined, isLatest: i === list.length - 1 });
+        result.versions.push(this.version(key, revision, i === list.length - 1));
         result.nextKeyMarker = key;
         result.nextVersionIdMarker = revision;
         count++;

@@ -66,6 +66,8 @@ export interface CommittedRecord {
   revision: number;
   raw: string;
   entry: IndexEntry | undefined; // undefined for a delete
+  /** A delete's time. */
+  deletedMs?: number;
 }
 
 interface Waiter {
@@ -177,7 +179,7 @@ export class Writer {
 
   /** Deletes `key`: the revision of its delete record, or undefined (no record) when it does not exist. */
   delete(key: string): Promise<number | undefined> {
-    return this.commit({ raw: toRawKey(key), record: { kind: 'delete', key }, entry: undefined, reservation: undefined });
+    return this.commit({ raw: toRawKey(key), record: { kind: 'delete', key, modifiedMs: Date.now() }, entry: undefined, reservation: undefined });
   }
 
   /** Told of every batch of records just made durable, in order. */
@@ -281,7 +283,11 @@ export class Writer {
       if (op.entry) this.index.set(op.raw, op.entry);
       else this.index.delete(op.raw);
     }
-    if (this.onCommit) this.onCommit(applied.map((op, i) => ({ revision: firstRevision + i, raw: op.raw, entry: op.entry })));
+    if (this.onCommit) {
+      this.onCommit(
+        applied.map((op, i) => ({ revision: firstRevision + i, raw: op.raw, entry: op.entry, deletedMs: op.record.kind === 'delete' ? op.record.modifiedMs : undefined })),
+      );
+    }
     applied.forEach((op, i) => op.resolve(firstRevision + i));
     for (const op of skipped) op.resolve(undefined);
   }
