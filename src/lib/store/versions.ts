@@ -6,7 +6,7 @@
  */
 import BTreeModule from 'sorted-btree';
 import { IndexEntry, fromRawKey, toRawKey } from './object-index.js';
-import { decodeRawRecord, locationOf, replayDbRecords } from './replay.js';
+import { decodeRawRecord, replayDbRecords } from './replay.js';
 import { type ReadableFile, type Storage, fileStream } from './storage/storage.js';
 
 // sorted-btree is CommonJS: under NodeNext its default export arrives as `.default`.
@@ -42,6 +42,20 @@ export interface VersionList {
   nextVersionIdMarker?: number;
 }
 
+/** Whether an ascending list holds `value`. */
+function sortedHas(list: readonly number[], value: number): boolean {
+  let lo = 0;
+  let hi = list.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    const v = list[mid]!;
+    if (v === value) return true;
+    if (v < value) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return false;
+}
+
 /** A history as it is now: see HistoryLog.view. */
 export interface HistoryView {
   dbName: string | undefined;
@@ -49,13 +63,26 @@ export interface HistoryView {
   records: number;
 }
 
+const DELETED = 1;
+const HAS_MD5 = 2;
+
+/**
+ * The facts of every version, in typed-array columns by revision (an object per version would
+ * cost several times the memory on a long history); entries are made when asked for.
+ */
 export class VersionIndex {
   /** Raw key -> its revisions, oldest first. */
   private readonly byKey = new BTree<string, number[]>(undefined, compareRaw);
-  /** Revision -> the version's entry, or for a delete marker its time in ms (0: unknown). */
-  private readonly entries: Array<IndexEntry | number> = [];
-  /** Revision -> its raw key (the same string instance as the tree's key). */
-  private readonly keys: string[] = [];
+  private count = 0;
+  private flags = new Uint8Array(1024);
+  private blocks = new Int32Array(1024);
+  private offsets = new Int32Array(1024);
+  private sizes = new Int32Array(1024);
+  /** A put's write time, a delete's time: ms since the epoch, 0 when unknown. */
+  private times = new Float64Array(1024);
+  private md5s = new Uint8Array(16 * 1024);
+  /** Revision -> metadata (latin1) and ETag, for the versions that have them. */
+  private readonly extras = new Map<number, { meta: string | undefined; etag: string | undefined }>();
 
   /** Reads the whole history of `view` into a new index. */
   static async build(storage: Storage, view: HistoryView): Promise<VersionIndex> {
@@ -65,7 +92,15 @@ export class VersionIndex {
       try {
         const where = `${storage.root}/${view.dbName}`;
         for await (const _ of replayDbRecords(fileStream(db), where, {
-          put: (rawKey, fields, rev) => index.add(rev, rawKey, IndexEntry.fromLocation(locationOf(fields))),
+          put: (rawKey, f, rev) => {
+            const slot = index.slot(rev, rawKey);
+            if (slot < 0) return;
+            index.setPut(slot, f.block, f.offset, f.size, f.modifiedMs, f.meta, f.etag);
+            if (f.md5At >= 0) {
+              index.md5s.set(f.buf.subarray(f.md5At, f.md5At + 16), 16 * slot);
+              index.flags[slot] = HAS_MD5;
+            }
+          },
           delete: (rawKey, rev, _bytes, modifiedMs) => index.add(rev, rawKey, modifiedMs),
         })) void _;
       } finally {
@@ -82,35 +117,78 @@ export class VersionIndex {
 
   /** Records in the index (the next revision it expects). */
   get size(): number {
-    return this.entries.length;
+    return this.count;
   }
 
-  /** Adds the version written by `revision`; revisions come in order, each once. */
-  add(revision: number, rawKey: string, entry: IndexEntry | number): void {
-    if (revision !== this.entries.length) {
-      if (revision < this.entries.length) return; // already in (read from the history, then told of its commit)
-      throw new Error(`version index: revision ${revision} after ${this.entries.length - 1}`);
+  /** Adds the version written by `revision`: a put's entry, or a delete's time in ms (0: unknown). */
+  add(revision: number, rawKey: string, version: IndexEntry | number): void {
+    const slot = this.slot(revision, rawKey);
+    if (slot < 0) return;
+    if (typeof version === 'number') {
+      this.flags[slot] = DELETED;
+      this.times[slot] = version;
+      return;
     }
+    this.setPut(slot, version.block, version.offset, version.size, version.mtime * 1000, version.meta, version.etag);
+    if (version.md5 !== undefined) {
+      this.md5s.set(Buffer.from(version.md5, 'hex'), 16 * slot);
+      this.flags[slot] = HAS_MD5;
+    }
+  }
+
+  /** The slot of a new revision (revisions come in order, each once), or -1 for one already in. */
+  private slot(revision: number, rawKey: string): number {
+    if (revision !== this.count) {
+      if (revision < this.count) return -1; // read from the history, then told of its commit
+      throw new Error(`version index: revision ${revision} after ${this.count - 1}`);
+    }
+    if (this.count === this.flags.length) this.grow();
     let list = this.byKey.get(rawKey);
-    if (list) rawKey = this.keys[list[0]!]!;
-    else this.byKey.set(rawKey, (list = []));
+    if (!list) this.byKey.set(rawKey, (list = []));
     list.push(revision);
-    this.entries.push(entry);
-    this.keys.push(rawKey);
+    this.flags[revision] = 0;
+    return this.count++;
+  }
+
+  private setPut(slot: number, block: number, offset: number, size: number, ms: number, meta: string | undefined, etag: string | undefined): void {
+    this.blocks[slot] = block;
+    this.offsets[slot] = offset;
+    this.sizes[slot] = size;
+    this.times[slot] = ms;
+    if (meta !== undefined || etag !== undefined) this.extras.set(slot, { meta, etag });
+  }
+
+  private grow(): void {
+    const n = this.flags.length * 2;
+    const widen = <T extends Uint8Array | Int32Array | Float64Array>(old: T, make: (n: number) => T, width = 1): T => {
+      const next = make(n * width);
+      next.set(old);
+      return next;
+    };
+    this.flags = widen(this.flags, (m) => new Uint8Array(m));
+    this.blocks = widen(this.blocks, (m) => new Int32Array(m));
+    this.offsets = widen(this.offsets, (m) => new Int32Array(m));
+    this.sizes = widen(this.sizes, (m) => new Int32Array(m));
+    this.times = widen(this.times, (m) => new Float64Array(m));
+    this.md5s = widen(this.md5s, (m) => new Uint8Array(m), 16);
   }
 
   /** Version `revision` of `key`; undefined when that revision is not a version of that key. */
   get(key: string, revision: number): Version | undefined {
-    const rawKey = toRawKey(key);
-    if (!Number.isSafeInteger(revision) || revision < 0 || revision >= this.entries.length || this.keys[revision] !== rawKey) return undefined;
-    const list = this.byKey.get(rawKey)!;
+    if (!Number.isSafeInteger(revision) || revision < 0 || revision >= this.count) return undefined;
+    const list = this.byKey.get(toRawKey(key));
+    if (!list || !sortedHas(list, revision)) return undefined;
     return this.version(key, revision, list[list.length - 1] === revision);
   }
 
   private version(key: string, revision: number, isLatest: boolean): Version {
-    const entry = this.entries[revision]!;
-    if (typeof entry !== 'number') return { key, revision, entry, isLatest };
-    return entry ? { key, revision, entry: undefined, isLatest, deletedAt: new Date(entry) } : { key, revision, entry: undefined, isLatest };
+    const flags = this.flags[revision]!;
+    const ms = this.times[revision]!;
+    if (flags & DELETED) return ms ? { key, revision, entry: undefined, isLatest, deletedAt: new Date(ms) } : { key, revision, entry: undefined, isLatest };
+    const extra = this.extras.get(revision);
+    const md5 = flags & HAS_MD5 ? Buffer.from(this.md5s.subarray(16 * revision, 16 * revision + 16)).toString('hex') : undefined;
+    const entry = new IndexEntry(this.blocks[revision]!, this.offsets[revision]!, this.sizes[revision]!, extra?.meta, md5, Math.floor(ms / 1000), extra?.etag);
+    return { key, revision, entry, isLatest };
   }
 
   /** A page of versions in key order (UTF-8 bytes), each key's newest first, as S3 lists them. */
