@@ -1,7 +1,8 @@
 /**
- * `npm run bench`: zipkv (durable), zipkv --no-fsync, s3rver and a bare in-memory Node server
- * under the same HTTP workloads, then engine figures without HTTP. Loopback only; every server
- * is a child process on a fresh temporary directory; the whole run is bounded in time.
+ * `npm run bench`: zipkv (durable), zipkv --no-fsync, the original Go zipkvserver (when it is on
+ * the PATH), s3rver and a bare in-memory Node server under the same HTTP workloads, then engine
+ * figures without HTTP. Loopback only; every server is a child process on a fresh temporary
+ * directory; the whole run is bounded in time.
  *
  *   npm run bench                       full run (a few minutes)
  *   npm run bench -- --quick            about a minute: shorter windows, one run per server, smaller stores
@@ -25,6 +26,7 @@ import {
   type BenchResults,
   type CellResult,
   type Meta,
+  cellRatios,
   computeTargets,
   formatEngine,
   formatHeader,
@@ -35,7 +37,16 @@ import {
   updateMarkdown,
   writeJson,
 } from './report.js';
-import { ROOT, SERVER_KINDS, SERVER_LABELS, type RunningServer, benchTempRoot, cleanupAll, killAllSync } from './servers.js';
+import {
+  ROOT,
+  SERVER_LABELS,
+  type RunningServer,
+  activeKinds,
+  benchTempRoot,
+  cleanupAll,
+  findOriginal,
+  killAllSync,
+} from './servers.js';
 import { type Cell, GROUPS, type GroupEnv } from './workloads.js';
 
 interface Options {
@@ -103,6 +114,7 @@ async function main(): Promise<void> {
     : { windowMs: 1000, warmupMs: 250, reps: 2, listKeys: 100_000, s3rverListKeys: 10_000, engineRecords: 1_000_000, openRuns: 2, writeAmpPuts: 20_000, checkpointSeconds: 10 };
   const cpus = os.cpus();
   const flags = process.argv.slice(2);
+  const kinds = activeKinds();
   const meta: Meta = {
     date: new Date().toISOString(),
     command: `npm run bench${flags.length ? ` -- ${flags.join(' ')}` : ''}`,
@@ -116,6 +128,8 @@ async function main(): Promise<void> {
     loadStart: os.loadavg(),
     loadEnd: [],
     commit: git(['rev-parse', 'HEAD']),
+    servers: kinds,
+    original: findOriginal() ?? null,
     // The code measured is the working tree: say so when it is not the commit.
     uncommitted: (git(['status', '--porcelain', '--', 'src', 'bin', 'proto', 'package.json']) ?? '') !== '',
     ...config,
@@ -139,11 +153,15 @@ async function main(): Promise<void> {
   for (const group of GROUPS) {
     const todo = group.cells.filter((c) => selected(c, options.only));
     if (todo.length === 0) continue;
-    log(`\n== ${group.title}: starting ${SERVER_KINDS.length} servers (at ${elapsed(started)}, load ${os.loadavg()[0]!.toFixed(2)})`);
+    // Servers that cannot do the group's requests are not started; their cells show "-".
+    const groupKinds = kinds.filter((k) => !group.unsupported?.[k]);
+    const skipped = kinds.filter((k) => group.unsupported?.[k]).map((k) => ({ kind: k, reason: group.unsupported![k]! }));
+    log(`\n== ${group.title}: starting ${groupKinds.length} servers (at ${elapsed(started)}, load ${os.loadavg()[0]!.toFixed(2)})`);
+    for (const s of skipped) log(`  ${s.kind}: not measured: ${s.reason}`);
     let servers: RunningServer[] | undefined;
     for (let attempt = 1; !servers; attempt++) {
       try {
-        servers = await group.start(SERVER_KINDS, env);
+        servers = await group.start(groupKinds, env);
       } catch (err) {
         const message = (err as Error).message.split('\n').slice(0, 6).join(' | ');
         if (attempt < 2) {
@@ -174,15 +192,18 @@ async function main(): Promise<void> {
             runs.set(server.kind, [...(runs.get(server.kind) ?? []), r]);
           }
         }
-        cells.push({
+        const result: CellResult = {
           cell,
           servers: servers.map((s) => {
             const list = runs.get(s.kind)!;
             return { kind: s.kind, runs: list, best: list.reduce((a, b) => (b.opsPerSec > a.opsPerSec ? b : a)) };
           }),
+          ...(skipped.length ? { skipped } : {}),
           load1,
           note: group.note?.(env),
-        });
+        };
+        result.ratios = cellRatios(result);
+        cells.push(result);
       }
     } finally {
       await Promise.all(servers.map((s) => s.stop()));
@@ -207,7 +228,10 @@ async function main(): Promise<void> {
 
   const out = process.stdout;
   out.write(`\n${formatHeader(meta)}\n`);
-  out.write(`servers: ${SERVER_KINDS.map((k) => SERVER_LABELS[k]).join(', ')}; ratios are ops/s of the zipkv row over s3rver's / the ceiling's\n`);
+  out.write(
+    `servers: ${kinds.map((k) => SERVER_LABELS[k]).join(', ')}; ratios are ops/s of the zipkv row over the original's / s3rver's / the ceiling's` +
+      `${meta.original === null ? ' (zipkvserver is not on the PATH: no original in this run)' : ''}\n`,
+  );
   if (cells.length) out.write(`${formatWorkloadTables(cells)}\n`);
   out.write(`${formatEngine(engine, engineError)}\n`);
   out.write(`${formatTargets(results.targets)}\n`);

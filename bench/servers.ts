@@ -3,28 +3,64 @@
  * directory, so that server and load generator never share an event loop.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
+import { accessSync, closeSync, constants as fsConstants, fstatSync, openSync, readSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { BUCKET } from './client.js';
 
 /** The repository root (this file runs from dist/bench/). */
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const ZIPKV_BIN = path.join(ROOT, 'bin', 'zipkv');
 const BENCH_DIST = path.dirname(fileURLToPath(import.meta.url));
 
-export type ServerKind = 'zipkv' | 'zipkv-nofsync' | 's3rver' | 'ceiling';
+export type ServerKind = 'zipkv' | 'zipkv-nofsync' | 's3rver' | 'ceiling' | 'original';
 
-export const SERVER_KINDS: readonly ServerKind[] = ['zipkv', 'zipkv-nofsync', 's3rver', 'ceiling'];
+/** Every kind the bench knows, in the order they take turns; see activeKinds() for a given run. */
+export const SERVER_KINDS: readonly ServerKind[] = ['zipkv', 'zipkv-nofsync', 'original', 's3rver', 'ceiling'];
 
 export const SERVER_LABELS: Record<ServerKind, string> = {
   zipkv: 'zipkv (durable)',
   'zipkv-nofsync': 'zipkv --no-fsync',
+  original: 'zipkvserver (Go original, memory only, no fsync)',
   s3rver: 's3rver',
   ceiling: 'ceiling (Node, in memory)',
 };
+
+/** The original Go server's executable name, looked up on the PATH. */
+export const ORIGINAL_NAME = 'zipkvserver';
+
+/** The same block size as zipkv's default (and the original's own default): 40 MiB. */
+const ORIGINAL_BLOCK_SIZE = 40 * 1024 * 1024;
+
+let originalPath: string | null | undefined;
+
+/** The path of `zipkvserver` found on the PATH, or undefined when there is none. */
+export function findOriginal(): string | undefined {
+  if (originalPath === undefined) {
+    originalPath = null;
+    for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
+      if (!dir) continue;
+      const candidate = path.join(dir, ORIGINAL_NAME);
+      try {
+        accessSync(candidate, fsConstants.X_OK);
+        originalPath = candidate;
+        break;
+      } catch {
+        // not here
+      }
+    }
+  }
+  return originalPath ?? undefined;
+}
+
+/** The kinds of this run: every kind, less the original when `zipkvserver` is not on the PATH. */
+export function activeKinds(): ServerKind[] {
+  return SERVER_KINDS.filter((k) => k !== 'original' || findOriginal() !== undefined);
+}
 
 export interface StartOptions {
   /** Extra node arguments for zipkv children (e.g. --cpu-prof --cpu-prof-dir=...). */
@@ -108,6 +144,22 @@ async function waitForPort(port: number, child: ChildProcess, stderr: () => stri
   }
 }
 
+/** The last `bytes` bytes of a file ('' if it cannot be read). */
+function tail(file: string, bytes: number): string {
+  let fd: number | undefined;
+  try {
+    fd = openSync(file, 'r');
+    const size = fstatSync(fd).size;
+    const buffer = Buffer.alloc(Math.min(size, bytes));
+    readSync(fd, buffer, 0, buffer.length, size - buffer.length);
+    return buffer.toString('utf8');
+  } catch {
+    return '';
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
 export async function startServer(kind: ServerKind, options: StartOptions = {}): Promise<RunningServer> {
   const port = await freePort();
   const ownDir = kind !== 'ceiling';
@@ -138,21 +190,46 @@ export async function startServer(kind: ServerKind, options: StartOptions = {}):
     case 'ceiling':
       args = [path.join(BENCH_DIST, 'ceiling-server.js'), String(port)];
       break;
+    case 'original':
+      args = ['-dir', dir!, '-addr', `127.0.0.1:${port}`, '-bucket', BUCKET, '-bs', String(ORIGINAL_BLOCK_SIZE)];
+      break;
   }
-  const child = spawn(process.execPath, args, { cwd: ROOT, env, stdio: ['ignore', 'ignore', 'pipe'] });
+  let child: ChildProcess;
+  let output: () => string;
+  let logFile: string | undefined;
+  if (kind === 'original') {
+    const bin = findOriginal();
+    if (!bin) throw new Error(`original: ${ORIGINAL_NAME} is not on the PATH`);
+    // It logs every request (log.Printf to stderr, no flag to turn it off). Its stdout and
+    // stderr go to a file next to its directory rather than through a pipe into this process,
+    // which is also the load generator and would otherwise spend its time reading those lines.
+    logFile = `${dir!}.log`;
+    const fd = openSync(logFile, 'w');
+    try {
+      child = spawn(bin, args, { cwd: ROOT, env, stdio: ['ignore', fd, fd] });
+    } finally {
+      closeSync(fd);
+    }
+    const file = logFile;
+    output = () => tail(file, 8000);
+  } else {
+    child = spawn(process.execPath, args, { cwd: ROOT, env, stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr!.setEncoding('utf8');
+    child.stderr!.on('data', (s: string) => {
+      err = (err + s).slice(-4000);
+    });
+    output = () => err;
+  }
   running.add(child);
-  let err = '';
-  child.stderr!.setEncoding('utf8');
-  child.stderr!.on('data', (s: string) => {
-    err = (err + s).slice(-4000);
-  });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   try {
-    await waitForPort(port, child, () => err, options.prefill ? 300_000 : 30_000);
+    await waitForPort(port, child, output, options.prefill ? 300_000 : 30_000);
   } catch (e) {
     child.kill('SIGKILL');
     running.delete(child);
     if (ownDir && dir) await fs.rm(dir, { recursive: true, force: true });
+    if (logFile) await fs.rm(logFile, { force: true });
     throw new Error(`${kind}: ${(e as Error).message}`);
   }
   let stopped = false;
@@ -182,9 +259,20 @@ export async function startServer(kind: ServerKind, options: StartOptions = {}):
         }
       }
       running.delete(child);
-      if (child.exitCode !== 0 && child.signalCode !== 'SIGTERM' && err.trim()) {
+      const err = output();
+      if (kind === 'original') {
+        // After SIGTERM it writes its open block and db, closes its listener and then ends
+        // through log.Fatal, so exit status 1 is its normal end; "Successfully written files."
+        // without any "Failed" is its clean one (docs/benchmarks.md, "The original").
+        const clean = child.exitCode === 1 && err.includes('Successfully written files.') && !err.includes('Failed');
+        if (!clean) {
+          const last = err.trim().split('\n').slice(-12).join('\n');
+          process.stderr.write(`bench: original exited with ${child.exitCode ?? child.signalCode} without a clean shutdown: ${last.slice(-1000)}\n`);
+        }
+      } else if (child.exitCode !== 0 && child.signalCode !== 'SIGTERM' && err.trim()) {
         process.stderr.write(`bench: ${kind} exited with ${child.exitCode ?? child.signalCode}: ${err.trim().slice(-1000)}\n`);
       }
+      if (logFile) await fs.rm(logFile, { force: true });
       if (ownDir && dir && !stopOptions.keepDir) await fs.rm(dir, { recursive: true, force: true });
     },
   };

@@ -1,7 +1,7 @@
 /**
  * The workloads. Cells are grouped: the servers of a group are started once (each on a fresh
  * temporary directory), loaded with what the group's reads need, and then every cell of the
- * group is run against every server in turn, A B C D A B C D, so that slow drifts of the
+ * group is run against every server in turn, A B C D E A B C D E, so that slow drifts of the
  * machine (other processes, page cache, thermal state) fall on all servers alike.
  */
 import fs from 'node:fs/promises';
@@ -54,6 +54,11 @@ export interface Group {
   start(kinds: readonly ServerKind[], env: GroupEnv): Promise<RunningServer[]>;
   /** A remark printed with the group's tables. */
   note?(env: GroupEnv): string | undefined;
+  /**
+   * Servers that cannot do this group's requests, with the reason: they are not started for the
+   * group, and the tables show "-" for them.
+   */
+  unsupported?: Partial<Record<ServerKind, string>>;
   /** The operation of one measured run of `cell` against `server` (the `rep`-th run). */
   operation(cell: Cell, server: RunningServer, rep: number, env: GroupEnv): Operation;
 }
@@ -159,6 +164,11 @@ const listGroup: Group = {
     `pages of 1000 keys (ListObjects v1, marker = a random key) from a bucket of ${env.listKeys.toLocaleString('en-US')} keys; ` +
     `s3rver's bucket holds ${env.s3rverListKeys.toLocaleString('en-US')} keys (storing 100k objects in s3rver takes minutes), ` +
     "which favours s3rver: its LIST walks the bucket's directory; the ceiling's LIST returns a fixed tiny document",
+  unsupported: {
+    original:
+      'a page of 1000 keys cannot be asked of it: its listing (GET /bucket/ only; /bucket is a 404) ignores max-keys and marker ' +
+      'and returns every key under the prefix in random order, and it crashes when a LIST runs alongside a PUT',
+  },
   async start(kinds, env) {
     const keys = env.listKeys;
     // zipkv: one store filled through the store API (fsync off), copied for the second server;
