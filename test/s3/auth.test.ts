@@ -463,7 +463,18 @@ describe('s3 auth: requests signed by the AWS SDK', function () {
   it('rejects every captured request that was tampered with', () => {
     for (const c of captured) {
       expectS3Error(() => authenticate(c, { ...creds, secretKey: creds.secretKey.slice(1) }), 'SignatureDoesNotMatch');
-      expectS3Error(() => authenticate({ ...c, url: alterPath(c.url) }, creds), 'SignatureDoesNotMatch');
+      // A changed path is refused: by the signature, or before it when the change leaves the
+      // path badly percent-encoded (the one parser both authentication and routing use).
+      const altered = authenticate.bind(null, { ...c, url: alterPath(c.url) }, creds);
+      const code = (() => {
+        try {
+          altered();
+        } catch (err) {
+          return (err as S3Error).code;
+        }
+        return 'accepted';
+      })();
+      expect(['SignatureDoesNotMatch', 'InvalidArgument'], c.url).to.include(code);
       expectS3Error(() => authenticate({ ...c, url: c.url + (c.url.includes('?') ? '&' : '?') + 'extra=1' }, creds), 'SignatureDoesNotMatch');
       expectS3Error(() => authenticate(withHeaders(c, { host: `127.0.0.1:${port + 1}` }), creds), 'SignatureDoesNotMatch');
       const { signedHeaders } = parseV4Authorization(String(c.headers['authorization']));

@@ -21,41 +21,6 @@ const UNSUPPORTED = [
   'tagging', 'torrent', 'website',
 ];
 
-export interface ParsedTarget {
-  rawPath: string;
-  query: URLSearchParams;
-  bucket: string | undefined;
-  key: string | undefined;
-}
-
-/** Splits and decodes a request target; malformed percent-encoding is an error, not a guess. */
-export function parseTarget(url: string): ParsedTarget {
-  let target = url;
-  const scheme = /^[a-z][a-z0-9+.-]*:\/\/[^/]*/i.exec(target);
-  if (scheme) target = target.slice(scheme[0].length) || '/';
-  if (!target.startsWith('/')) throw s3Error('InvalidRequest', 'The request target is not a path.');
-  const q = target.indexOf('?');
-  const rawPath = q >= 0 ? target.slice(0, q) : target;
-  // '+' is a literal plus, as for S3 and for the signature check (authenticate.ts), not a space.
-  const query = new URLSearchParams(q >= 0 ? target.slice(q + 1).replace(/\+/g, '%2B') : '');
-  const slash = rawPath.indexOf('/', 1);
-  const rawBucket = slash < 0 ? rawPath.slice(1) : rawPath.slice(1, slash);
-  const rawKey = slash < 0 ? '' : rawPath.slice(slash + 1);
-  const decode = (s: string) => {
-    try {
-      return decodeURIComponent(s);
-    } catch {
-      throw s3Error('InvalidArgument', 'The path is not valid percent-encoded UTF-8.');
-    }
-  };
-  return {
-    rawPath,
-    query,
-    bucket: rawBucket === '' ? undefined : decode(rawBucket),
-    key: rawKey === '' ? undefined : decode(rawKey),
-  };
-}
-
 export function route(ctx: RequestContext): Handler {
   const method = ctx.req.method ?? 'GET';
   const { query } = ctx;

@@ -9,7 +9,8 @@ import type { Store } from '../store/store.js';
 import { authenticate } from './auth/authenticate.js';
 import type { RequestContext, S3Config } from './context.js';
 import { sendError } from './respond.js';
-import { parseTarget, route } from './router.js';
+import { parseRequestTarget } from './request-target.js';
+import { route } from './router.js';
 import { MultipartUploads } from './uploads.js';
 
 export interface ServerOptions extends S3Config {
@@ -115,12 +116,13 @@ export class S3Server {
       this.finished(ctx, started);
     });
     try {
-      const target = parseTarget(req.url ?? '/');
+      // One parse for both: the signature covers exactly what the router acts on.
+      const target = parseRequestTarget(req.url ?? '/');
       ctx.rawPath = target.rawPath;
       ctx.query = target.query;
       ctx.bucket = target.bucket;
       ctx.key = target.key;
-      ctx.auth = authenticate({ method: req.method ?? 'GET', url: req.url ?? '/', headers: req.headers }, this.options.credentials, {
+      ctx.auth = authenticate({ method: req.method ?? 'GET', url: req.url ?? '/', target, headers: req.headers }, this.options.credentials, {
         skipClockCheck: this.options.skipClockCheck,
       });
       await route(ctx)(ctx);

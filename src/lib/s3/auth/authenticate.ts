@@ -17,6 +17,7 @@
 
 import type { IncomingHttpHeaders } from 'node:http';
 import { s3Error } from '../errors.js';
+import { type RequestTarget, parseRequestTarget } from '../request-target.js';
 import { V2ParseError, parseV2Authorization, signV2, stringToSignV2 } from './signature-v2.js';
 import {
   STREAMING_SIGNED,
@@ -53,6 +54,8 @@ export interface AuthInput {
   method: string;
   /** Raw request target: path + optional ?query, exactly as on the request line. */
   url: string;
+  /** The target as the server parsed it for routing; parsed from `url` when absent. */
+  target?: RequestTarget;
   headers: IncomingHttpHeaders;
 }
 
@@ -88,19 +91,6 @@ export const MAX_PRESIGNED_EXPIRES_S = 7 * 24 * 3600;
 const VALID_PAYLOAD_HASH = /^[0-9a-f]{64}$/;
 const STREAMING_VALUES = new Set([STREAMING_SIGNED, STREAMING_SIGNED_TRAILER, STREAMING_UNSIGNED_TRAILER]);
 
-/** Splits a request target into raw path and raw query (absolute-form targets lose scheme and authority). */
-export function splitRequestTarget(url: string): { rawPath: string; rawQuery: string } {
-  let target = url;
-  const abs = /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\/[^/?#]*/.exec(target);
-  if (abs) target = target.slice(abs[0].length);
-  const hash = target.indexOf('#');
-  if (hash >= 0) target = target.slice(0, hash);
-  const q = target.indexOf('?');
-  const rawPath = q < 0 ? target : target.slice(0, q);
-  const rawQuery = q < 0 ? '' : target.slice(q + 1);
-  return { rawPath: rawPath === '' ? '/' : rawPath, rawQuery };
-}
-
 function single(value: string | string[] | undefined): string | undefined {
   if (value === undefined) return undefined;
   return Array.isArray(value) ? value[0] : value;
@@ -127,7 +117,7 @@ const NO_DATE = 'AWS authentication requires a valid Date or x-amz-date header';
 export function authenticate(input: AuthInput, creds: Credentials | undefined, opts: AuthOptions = {}): AuthResult {
   if (creds === undefined) return { kind: 'anonymous' };
 
-  const { rawPath, rawQuery } = splitRequestTarget(input.url);
+  const { rawPath, rawQuery } = input.target ?? parseRequestTarget(input.url);
   const query = new Map<string, string>();
   for (const [name, value] of parseRawQuery(rawQuery)) if (!query.has(name)) query.set(name, value);
   const authorization = single(input.headers['authorization']);
