@@ -24,6 +24,7 @@ Objects are packed into block files of at most the block size; every acknowledge
     'secret-key': Flags.string({ description: 'the secret key that goes with --access-key', env: 'ZIPKV_SECRET_KEY', dependsOn: ['access-key'] }),
     'no-fsync': Flags.boolean({ description: 'do not fsync before replying (fast, NOT durable: for benchmarks and throwaway data)', default: false }),
     'idle-timeout': Flags.integer({ description: 'seconds a connection may stay idle (no bytes either way) before it is closed', default: 60, min: 1 }),
+    'max-connections': Flags.integer({ description: 'connections open at once; one more is answered 503 SlowDown and closed', default: 1024, min: 1 }),
     'upload-expiry': Flags.string({
       description: `how long a multipart upload may stay open: one neither completed nor aborted is then dropped and its parts deleted; seconds (3600) or a number with a unit s, m, h or d (45s, 30m, 12h, 7d). At most ${DEFAULT_MAX_UPLOADS} uploads may be open at once; one more is refused (503) until one ends`,
       default: '7d',
@@ -49,6 +50,7 @@ Objects are packed into block files of at most the block size; every acknowledge
         quiet: flags.quiet,
         credentials: accessKey && secretKey ? { accessKey, secretKey } : undefined,
         idleTimeoutMs: flags['idle-timeout'] * 1000,
+        maxConnections: flags['max-connections'],
         uploadExpiryMs,
         checkpointBytes: flags['checkpoint-bytes'],
         out: (line) => process.stdout.write(`${line}\n`),

@@ -83,7 +83,7 @@ describe('cli: zipkv serve', () => {
   it('--help lists every option', async () => {
     const help = await runZipkv(['serve', '--help']);
     expect(help.code).to.equal(0);
-    for (const flag of ['--dir', '--addr', '--bs', '--bucket', '--access-key', '--secret-key', '--no-fsync', '--idle-timeout', '--upload-expiry', '--quiet']) {
+    for (const flag of ['--dir', '--addr', '--bs', '--bucket', '--access-key', '--secret-key', '--no-fsync', '--idle-timeout', '--max-connections', '--upload-expiry', '--quiet']) {
       expect(help.stdout).to.include(flag);
     }
   });

@@ -25,6 +25,9 @@ export interface TestServerOptions extends OpenOptions {
   /** Multipart uploads: how long one may stay open, and how many at once (S3Server options). */
   uploadExpiryMs?: number;
   maxUploads?: number;
+  /** Connections open at once, and the time allowed for a request's headers (S3Server options). */
+  maxConnections?: number;
+  headersTimeoutMs?: number;
 }
 
 export const TEST_CREDENTIALS: Credentials = { accessKey: 'testkey', secretKey: 'testsecret' };
@@ -50,6 +53,8 @@ export async function startServer(opts: TestServerOptions = {}): Promise<TestSer
     idleTimeoutMs: opts.idleTimeoutMs,
     uploadExpiryMs: opts.uploadExpiryMs,
     maxUploads: opts.maxUploads,
+    maxConnections: opts.maxConnections,
+    headersTimeoutMs: opts.headersTimeoutMs,
   });
   const { port } = await server.listen();
   const url = `http://127.0.0.1:${port}`;

@@ -250,7 +250,8 @@ describe('s3: raw HTTP (what SDKs do not send)', () => {
       ['PUT', '/bucket/sub?tagging'],
       ['GET', '/bucket/sub?acl'],
       ['PUT', '/bucket/sub?acl'],
-      ['GET', '/bucket?acl'],
+      ['PUT', '/bucket?acl'],
+      ['PUT', '/bucket?cors'],
       ['DELETE', '/bucket/sub?tagging'],
     ] as const) {
       const res = await rawRequest(t.port, { method, path: p, body: method === 'PUT' ? '<Tagging/>' : undefined });

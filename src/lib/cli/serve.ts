@@ -13,6 +13,8 @@ export interface ServeOptions {
   quiet: boolean;
   credentials?: Credentials;
   idleTimeoutMs: number;
+  /** Connections open at once (more are answered 503 SlowDown). */
+  maxConnections?: number;
   /** A multipart upload neither completed nor aborted is dropped this long after it began. */
   uploadExpiryMs?: number;
   /** Testing only (hidden flag --checkpoint-bytes): journal size that triggers a checkpoint. */
@@ -95,6 +97,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     bucket: opts.bucket,
     credentials: opts.credentials,
     idleTimeoutMs: opts.idleTimeoutMs,
+    maxConnections: opts.maxConnections,
     uploadExpiryMs: opts.uploadExpiryMs,
     log: opts.quiet ? undefined : opts.out,
   });

@@ -12,6 +12,8 @@ import { sendEmpty, sendXml } from './respond.js';
 import { parseVersionId } from './versions.js';
 import { xmlDocument } from './xml.js';
 
+const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+
 /** Bodies up to this size are read with one call and sent with one write. */
 const SMALL_OBJECT = 256 * 1024;
 export const MAX_KEY_BYTES = 1024;
@@ -83,7 +85,12 @@ export async function getObject(ctx: RequestContext, headOnly: boolean): Promise
   if (!headOnly) {
     for (const [param, name] of Object.entries(RESPONSE_OVERRIDES)) {
       const value = ctx.query.get(param);
-      if (value !== null) headers[name] = value;
+      if (value === null) continue;
+      // A header value is one line of Latin-1 text: anything else could split the response.
+      if (!HEADER_VALUE.test(value)) {
+        throw s3Error('InvalidArgument', `${param} must be one line of text (Latin-1, no control characters).`, { ArgumentName: param });
+      }
+      headers[name] = value;
     }
   }
   const start = range?.start ?? 0;

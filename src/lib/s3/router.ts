@@ -5,6 +5,7 @@
 import type { RequestContext } from './context.js';
 import { s3Error } from './errors.js';
 import { createBucket, getBucketLocation, headBucket, listBuckets, listObjects } from './buckets.js';
+import { BUCKET_CONFIG_QUERIES, getBucketConfig } from './bucket-config.js';
 import { deleteObjects } from './delete-objects.js';
 import { abortMultipartUpload, completeMultipartUpload, createMultipartUpload, uploadPart } from './multipart.js';
 import { listMultipartUploads, listParts } from './multipart-list.js';
@@ -32,6 +33,10 @@ export function route(ctx: RequestContext): Handler {
   }
   if (ctx.bucket !== ctx.config.bucket) {
     throw s3Error('NoSuchBucket', undefined, { BucketName: ctx.bucket });
+  }
+  if (ctx.key === undefined && method === 'GET') {
+    const config = BUCKET_CONFIG_QUERIES.find((name) => query.has(name));
+    if (config) return getBucketConfig(config);
   }
   for (const name of UNSUPPORTED) {
     if (query.has(name)) throw s3Error('NotImplemented', `The ?${name} sub-resource is not implemented.`);

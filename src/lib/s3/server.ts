@@ -4,7 +4,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Store } from '../store/store.js';
 import { authenticate } from './auth/authenticate.js';
 import type { RequestContext, S3Config } from './context.js';
@@ -20,6 +20,10 @@ export interface ServerOptions extends S3Config {
   log?: (line: string) => void;
   /** A connection idle this long (no bytes either way) is closed. */
   idleTimeoutMs?: number;
+  /** The request line and headers must arrive within this time (slowloris); default 30 s. */
+  headersTimeoutMs?: number;
+  /** Connections open at once (default 1024); one more is answered 503 SlowDown and closed. */
+  maxConnections?: number;
   /** Largest request header section. */
   maxHeaderBytes?: number;
   /** A multipart upload neither completed nor aborted is dropped this long after it began (default 7 days). */
@@ -54,15 +58,33 @@ export class S3Server {
     this.http = http.createServer({
       maxHeaderSize: options.maxHeaderBytes ?? 16 * 1024,
       requestTimeout: 0, // large uploads may take long; idleness is what is timed out
-      headersTimeout: 30_000,
+      headersTimeout: options.headersTimeoutMs ?? 30_000,
+      // How often the timeouts are checked (Node's default, 30 s, would let a slow client stay
+      // up to twice the headers timeout).
+      connectionsCheckingInterval: Math.min(1000, Math.max(50, Math.floor((options.headersTimeoutMs ?? 30_000) / 4))),
       keepAliveTimeout: 5_000,
     });
     this.http.timeout = options.idleTimeoutMs ?? 60_000;
-    this.http.on('request', (req, res) => void this.handle(req, res, false));
-    this.http.on('checkContinue', (req, res) => void this.handle(req, res, true));
+    const maxConnections = options.maxConnections ?? 1024;
+    let connections = 0;
+    const refused = new WeakSet<Socket>();
+    this.http.on('connection', (socket: Socket) => {
+      connections++;
+      socket.once('close', () => connections--);
+      if (connections > maxConnections) {
+        // Answered, not just dropped: a client sees why, and S3 clients retry a 503 later.
+        refused.add(socket);
+        const body = `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code><Message>Too many connections (at most ${maxConnections}); try again later.</Message></Error>`;
+        socket.end(`HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nConnection: close\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+      }
+    });
+    // A request that arrives on a refused connection gets nothing more: its 503 is on its way.
+    this.http.on('request', (req, res) => void (refused.has(req.socket) ? req.resume() : this.handle(req, res, false)));
+    this.http.on('checkContinue', (req, res) => void (refused.has(req.socket) ? req.resume() : this.handle(req, res, true)));
     this.http.on('clientError', (err: NodeJS.ErrnoException, socket) => {
       if (!socket.writable || err.code === 'ECONNRESET') return void socket.destroy();
-      const code = err.code === 'HPE_HEADER_OVERFLOW' ? 'RequestHeaderSectionTooLarge' : 'BadRequest';
+      const code =
+        err.code === 'HPE_HEADER_OVERFLOW' ? 'RequestHeaderSectionTooLarge' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'RequestTimeout' : 'BadRequest';
       const body = `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code><Message>The request could not be parsed.</Message></Error>`;
       socket.end(`${BAD_REQUEST}${Buffer.byteLength(body)}\r\n\r\n${body}`);
     });

@@ -11,16 +11,28 @@ import { createHmac } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import { percentDecodeBytes, signableBytes } from './signature-v4.js';
 
-/** Query parameters that V2 includes in the canonicalized resource. */
+/**
+ * Query parameters that V2 includes in the canonicalized resource: every S3 sub-resource and the
+ * response-* overrides, as the SDKs and s3cmd sign them. One missing here makes every V2-signed
+ * request that carries it fail (s3cmd's `info` asks for ?cors).
+ */
 export const V2_SUBRESOURCES: ReadonlySet<string> = new Set([
+  'accelerate',
   'acl',
+  'analytics',
+  'cors',
+  'defaultObjectAcl',
   'delete',
+  'inventory',
   'lifecycle',
   'location',
   'logging',
+  'metrics',
   'notification',
+  'object-lock',
   'partNumber',
   'policy',
+  'replication',
   'requestPayment',
   'response-cache-control',
   'response-content-disposition',
@@ -29,6 +41,9 @@ export const V2_SUBRESOURCES: ReadonlySet<string> = new Set([
   'response-content-type',
   'response-expires',
   'restore',
+  'select',
+  'select-type',
+  'storageClass',
   'tagging',
   'torrent',
   'uploadId',
