@@ -281,6 +281,14 @@ describe('aws-chunked: hand-made bodies', () => {
     expect(() => new AwsChunkedDecoder({ trailers: true, declaredTrailer: 'x-amz-checksum-md5' })).to.throw(S3Error);
   });
 
+  it('bounds chunk lines (with extensions) and trailers: a body that never ends them is refused', async () => {
+    const longExtension = `2;${'x'.repeat(5000)}\r\nab\r\n0\r\n\r\n`;
+    await expectDecodeError(Buffer.from(longExtension), {}, 'InvalidArgument');
+    const manyTrailers = Array.from({ length: 10_000 }, (_, i) => `x-amz-meta-t${i}:v`).join('\r\n');
+    await expectDecodeError(Buffer.from(`2\r\nab\r\n0\r\n${manyTrailers}\r\n\r\n`), { trailers: true, declaredTrailer: 'x-amz-checksum-crc32' }, 'InvalidArgument');
+    await expectDecodeError(Buffer.from(`2\r\nab\r\n0\r\n${'y'.repeat(5000)}:v\r\n\r\n`), { trailers: true, declaredTrailer: 'x-amz-checksum-crc32' }, 'InvalidArgument');
+  });
+
   it('keeps backpressure: a slow consumer holds back the producer', async () => {
     const piece = 64 * 1024;
     const total = 4 * 1024 * 1024;

@@ -216,8 +216,10 @@ export function awsChunkedOptions(headers: IncomingHttpHeaders, signature?: Stre
   return options;
 }
 
-/** Longest chunk header or trailer line accepted. */
+/** Longest chunk header (with its extensions) or trailer line accepted. */
 const MAX_LINE = 4096;
+/** Most trailer lines accepted (S3 sends one checksum and its signature): bounds their memory. */
+const MAX_TRAILER_LINES = 16;
 
 type State = 'header' | 'data' | 'data-cr' | 'data-lf' | 'trailer' | 'done';
 
@@ -385,7 +387,7 @@ export class AwsChunkedDecoder extends Transform {
     if (colon <= 0) throw malformed('bad trailer line');
     const name = text.slice(0, colon).trim().toLowerCase();
     const value = text.slice(colon + 1).trim();
-    this.trailerLines++;
+    if (++this.trailerLines > MAX_TRAILER_LINES) throw malformed(`more than ${MAX_TRAILER_LINES} trailer lines`);
     if (name === 'x-amz-trailer-signature') {
       this.trailerSignature = value;
       return;
