@@ -24,6 +24,35 @@ export interface ServeOptions {
   warn: (line: string) => void;
 }
 
+/** Lines gathered and handed to `out` in one piece every FLUSH_MS, or sooner when many wait. */
+class BufferedLines {
+  private lines: string[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private static readonly FLUSH_MS = 200;
+  private static readonly MAX_LINES = 1000;
+
+  constructor(private readonly out: (text: string) => void) {}
+
+  readonly line = (text: string): void => {
+    this.lines.push(text);
+    if (this.lines.length >= BufferedLines.MAX_LINES) this.flush();
+    else this.timer ??= setTimeout(() => this.flush(), BufferedLines.FLUSH_MS).unref();
+  };
+
+  flush(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.lines.length === 0) return;
+    const text = this.lines.join('\n');
+    this.lines = [];
+    this.out(text);
+  }
+
+  close(): void {
+    this.flush();
+  }
+}
+
 export function parseAddr(addr: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(addr);
   if (!m) throw new Error(`-addr must be host:port (e.g. 127.0.0.1:7711), not ${JSON.stringify(addr)}`);
@@ -91,6 +120,8 @@ export async function serve(opts: ServeOptions): Promise<void> {
     removeHandlers();
     throw err;
   }
+  // Request lines are gathered and written a few times a second, not one write per request.
+  const requestLog = opts.quiet ? undefined : new BufferedLines(opts.out);
   const server = new S3Server(store, {
     host,
     port,
@@ -99,7 +130,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     idleTimeoutMs: opts.idleTimeoutMs,
     maxConnections: opts.maxConnections,
     uploadExpiryMs: opts.uploadExpiryMs,
-    log: opts.quiet ? undefined : opts.out,
+    log: requestLog?.line,
   });
   let address;
   try {
@@ -124,8 +155,10 @@ export async function serve(opts: ServeOptions): Promise<void> {
     );
   }
   const signal = await stopped;
+  requestLog?.flush();
   opts.out(`zipkv: ${signal}: finishing requests in flight, then closing the store`);
   await server.close();
+  requestLog?.close();
   await store.close();
   const { requests, errors, bytesIn, bytesOut } = server.counters;
   const after = store.stats();

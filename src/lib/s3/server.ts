@@ -32,6 +32,14 @@ export interface ServerOptions extends S3Config {
   maxUploads?: number;
 }
 
+/** Request ids: a random prefix per process and a counter (no random bytes per request). */
+const REQUEST_ID_PREFIX = randomBytes(4).toString('hex').toUpperCase();
+let requestCounter = 0;
+function nextRequestId(): string {
+  requestCounter = (requestCounter + 1) % 0x100000000;
+  return REQUEST_ID_PREFIX + requestCounter.toString(16).toUpperCase().padStart(8, '0');
+}
+
 export interface ServerCounters {
   requests: number;
   errors: number;
@@ -116,7 +124,7 @@ export class S3Server {
     const started = performance.now();
     this.inFlight++;
     this.counters.requests++;
-    const requestId = randomBytes(8).toString('hex').toUpperCase();
+    const requestId = nextRequestId();
     res.setHeader('x-amz-request-id', requestId);
     res.setHeader('Server', 'zipkv');
     if (this.closing) res.setHeader('Connection', 'close');
