@@ -19,7 +19,16 @@ export function urlEncodeKey(key: string): string {
   return encodeURIComponent(key).replace(/%2F/g, '/').replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
 }
 
-function parseMaxKeys(ctx: RequestContext): number {
+/** encoding-type of a listing: the function that writes its keys, and the value to echo back. */
+export function keyEncoding(ctx: RequestContext): { encode: (s: string) => string; encodingType: string | null } {
+  const encodingType = ctx.query.get('encoding-type');
+  if (encodingType !== null && encodingType !== 'url') {
+    throw s3Error('InvalidArgument', 'Invalid Encoding Method specified in Request', { ArgumentName: 'encoding-type', ArgumentValue: encodingType });
+  }
+  return { encode: encodingType === 'url' ? urlEncodeKey : (s: string) => s, encodingType };
+}
+
+export function parseMaxKeys(ctx: RequestContext): number {
   const value = ctx.query.get('max-keys');
   if (value === null) return MAX_KEYS;
   if (!/^\d+$/.test(value)) throw s3Error('InvalidArgument', 'Provided max-keys not an integer or within integer range', { ArgumentName: 'max-keys', ArgumentValue: value });
@@ -44,11 +53,7 @@ async function contentsOf(ctx: RequestContext, objects: ObjectInfo[], encode: (s
 
 export async function listObjects(ctx: RequestContext): Promise<void> {
   const v2 = ctx.query.get('list-type') === '2';
-  const encodingType = ctx.query.get('encoding-type');
-  if (encodingType !== null && encodingType !== 'url') {
-    throw s3Error('InvalidArgument', 'Invalid Encoding Method specified in Request', { ArgumentName: 'encoding-type', ArgumentValue: encodingType });
-  }
-  const encode = encodingType === 'url' ? urlEncodeKey : (s: string) => s;
+  const { encode, encodingType } = keyEncoding(ctx);
   const prefix = ctx.query.get('prefix') ?? '';
   const delimiter = ctx.query.get('delimiter') || undefined;
   const maxKeys = parseMaxKeys(ctx);

@@ -2,7 +2,7 @@
  * The multipart listings: ListParts (one upload's parts) and ListMultipartUploads (the uploads in
  * progress, with S3's prefix, delimiter, key-marker/upload-id-marker paging and encoding-type).
  */
-import { urlEncodeKey } from './buckets.js';
+import { keyEncoding } from './buckets.js';
 import type { RequestContext } from './context.js';
 import { s3Error } from './errors.js';
 import { uploadId } from './multipart.js';
@@ -68,11 +68,7 @@ function afterMarker(all: Upload[], keyMarker: string, idMarker: string | undefi
 
 export function listMultipartUploads(ctx: RequestContext): void {
   const { query } = ctx;
-  const encodingType = query.get('encoding-type');
-  if (encodingType !== null && encodingType !== 'url') {
-    throw s3Error('InvalidArgument', 'Invalid Encoding Method specified in Request', { ArgumentName: 'encoding-type', ArgumentValue: encodingType });
-  }
-  const encode = encodingType === 'url' ? urlEncodeKey : (s: string) => s;
+  const { encode, encodingType } = keyEncoding(ctx);
   const prefix = query.get('prefix') ?? '';
   const delimiter = query.get('delimiter') || undefined;
   const keyMarker = query.get('key-marker') || undefined;

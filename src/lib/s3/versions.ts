@@ -5,7 +5,7 @@
  */
 import type { RequestContext } from './context.js';
 import { s3Error } from './errors.js';
-import { MAX_KEYS, urlEncodeKey } from './buckets.js';
+import { keyEncoding, parseMaxKeys } from './buckets.js';
 import { quoteEtag } from './objects.js';
 import { readSmallBody } from './body.js';
 import { sendEmpty, sendXml } from './respond.js';
@@ -42,20 +42,12 @@ export async function putBucketVersioning(ctx: RequestContext): Promise<void> {
 
 export async function listObjectVersions(ctx: RequestContext): Promise<void> {
   const { query } = ctx;
-  const encodingType = query.get('encoding-type');
-  if (encodingType !== null && encodingType !== 'url') {
-    throw s3Error('InvalidArgument', 'Invalid Encoding Method specified in Request', { ArgumentName: 'encoding-type', ArgumentValue: encodingType });
-  }
-  const encode = encodingType === 'url' ? urlEncodeKey : (s: string) => s;
+  const { encode, encodingType } = keyEncoding(ctx);
   const prefix = query.get('prefix') ?? '';
   const delimiter = query.get('delimiter') || undefined;
   const keyMarker = query.get('key-marker') ?? '';
   const versionIdMarkerText = query.get('version-id-marker') ?? '';
-  const maxKeysText = query.get('max-keys');
-  if (maxKeysText !== null && !/^\d+$/.test(maxKeysText)) {
-    throw s3Error('InvalidArgument', 'Provided max-keys not an integer or within integer range', { ArgumentName: 'max-keys', ArgumentValue: maxKeysText });
-  }
-  const maxKeys = maxKeysText === null ? MAX_KEYS : Math.min(Number(maxKeysText), MAX_KEYS);
+  const maxKeys = parseMaxKeys(ctx);
   if (versionIdMarkerText !== '' && keyMarker === '') {
     throw s3Error('InvalidArgument', 'A version-id marker cannot be specified without a key marker.', {
       ArgumentName: 'version-id-marker',
