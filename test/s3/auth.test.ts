@@ -16,7 +16,8 @@ import {
 } from '@aws-sdk/client-s3';
 import { SignatureV4 } from '@smithy/signature-v4';
 import type { SourceData } from '@smithy/types';
-import { authenticate, type AuthInput, type AuthOptions, type AuthResult, type Credentials } from '../../src/lib/s3/auth/authenticate.js';
+import type { AuthOptions, AuthResult, Credentials } from '../../src/lib/s3/auth/authenticate.js';
+import { authenticateUrl as authenticate, type UrlAuthInput as AuthInput } from './auth-input.js';
 import { canonicalizedResourceV2, signV2, stringToSignV2 } from '../../src/lib/s3/auth/signature-v2.js';
 import { canonicalQuery, canonicalUri, parseV4Authorization, uriEncode } from '../../src/lib/s3/auth/signature-v4.js';
 import { S3Error } from '../../src/lib/s3/errors.js';

@@ -68,25 +68,33 @@ describe('s3: one request target for signing and routing', () => {
     await t.stop();
   });
 
+  const ways = ['V4 header', 'V4 presigned', 'V2 header', 'V2 presigned'];
   for (const tail of ['#/other', '#?uploads', '#']) {
-    it(`a signed PUT replayed with "${tail}" after its target is refused (400) and writes nothing, for V2 and V4, header and presigned`, async () => {
-      for (const signed of signedPuts(t.port, '/bucket/photo')) {
+    for (const way of ways) {
+      it(`${way}: a signed PUT replayed with "${tail}" after its target is refused (400 InvalidRequest) and writes nothing`, async () => {
+        const signed = signedPuts(t.port, '/bucket/photo').find((s) => s.name === way)!;
         const before = t.store.revision;
         const q = signed.target.indexOf('?');
         // The tail goes after the path (where a key would continue) and after the whole target.
         const targets = q < 0 ? [signed.target + tail] : [signed.target.slice(0, q) + tail + signed.target.slice(q), signed.target + tail];
         for (const target of targets) {
           const reply = await put(t.port, target, signed.headers);
-          expect(statusOf(reply), `${signed.name}: ${target}`).to.equal(400);
-          expect(reply, signed.name).to.match(/<Code>InvalidRequest<\/Code>/);
+          expect(statusOf(reply), target).to.equal(400);
+          expect(reply, target).to.match(/<Code>InvalidRequest<\/Code>/);
         }
-        expect(t.store.revision, `${signed.name}: nothing written`).to.equal(before);
-        expect(t.store.list({ prefix: 'photo', limit: 10 }).objects.map((o) => o.key)).to.deep.equal(
-          t.store.head('photo') ? ['photo'] : [],
-        );
-      }
-    });
+        expect(t.store.revision, 'nothing written').to.equal(before);
+        expect(t.store.list({ prefix: 'photo', limit: 10 }).objects.map((o) => o.key)).to.deep.equal(t.store.head('photo') ? ['photo'] : []);
+      });
+    }
   }
+
+  it('a "#" is refused before authentication: an unsigned request gets 400, not 403', async () => {
+    for (const target of ['/bucket/photo#x', '/bucket?list-type=2#x', '/#']) {
+      const reply = await rawExchange(t.port, `GET ${target} HTTP/1.1\r\nHost: 127.0.0.1:${t.port}\r\nConnection: close\r\n\r\n`);
+      expect(statusOf(reply), target).to.equal(400);
+      expect(reply, target).to.match(/<Code>InvalidRequest<\/Code>/);
+    }
+  });
 
   it('the same signed requests, untouched, are accepted (control)', async () => {
     for (const signed of signedPuts(t.port, '/bucket/photo')) {

@@ -1,9 +1,11 @@
 /**
  * The request target, parsed once: authentication checks the signature over exactly the path
- * and query that routing then acts on. A target with a `#` is refused before anything else:
- * clients never send one unescaped, and a parser that dropped the tail for one purpose and kept
- * it for another would let a signed request be replayed against other keys.
+ * and query that routing then acts on (both take this function's result, never the url). A
+ * target with a `#` is refused before anything else: clients never send one unescaped, and a
+ * parser that dropped the tail for one purpose and kept it for another would let a signed
+ * request be replayed against other keys.
  */
+import { parseRawQuery } from './auth/signature-v4.js';
 import { s3Error } from './errors.js';
 
 export interface RequestTarget {
@@ -11,6 +13,11 @@ export interface RequestTarget {
   rawPath: string;
   /** The query as sent, without the `?`. */
   rawQuery: string;
+  /**
+   * The query parameters, percent-decoded with '+' as a literal plus (as the AWS SDKs encode a
+   * space as %20, and as the signatures are computed): what the signature check reads and what
+   * the handlers act on are the same values.
+   */
   query: URLSearchParams;
   bucket: string | undefined;
   key: string | undefined;
@@ -42,8 +49,7 @@ export function parseRequestTarget(url: string): RequestTarget {
   return {
     rawPath,
     rawQuery,
-    // '+' is a literal plus, as for S3 and for the signature check, not a space.
-    query: new URLSearchParams(rawQuery.replace(/\+/g, '%2B')),
+    query: rawQuery === '' ? new URLSearchParams() : new URLSearchParams(parseRawQuery(rawQuery)),
     bucket: rawBucket === '' ? undefined : decode(rawBucket),
     key: rawKey === '' ? undefined : decode(rawKey),
   };

@@ -152,7 +152,7 @@ export class S3Server {
       ctx.query = target.query;
       ctx.bucket = target.bucket;
       ctx.key = target.key;
-      ctx.auth = authenticate({ method: req.method ?? 'GET', url: req.url ?? '/', target, headers: req.headers }, this.options.credentials, {
+      ctx.auth = authenticate({ method: req.method ?? 'GET', target, headers: req.headers }, this.options.credentials, {
         skipClockCheck: this.options.skipClockCheck,
       });
       await route(ctx)(ctx);

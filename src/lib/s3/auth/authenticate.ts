@@ -10,14 +10,15 @@
  *   checks the chunk signatures when `streaming` is set. An anonymous server still has to decode
  *   such bodies (without a context), see `isAwsChunked`.
  *
- * Query parameters are decoded with '+' as a literal plus (RFC 3986, as the AWS SDKs encode a
- * space as %20); whatever reads the query after authentication must decode it the same way, or
- * the parameters it acts on are not the ones that were signed.
+ * It takes the request target as parseRequestTarget (request-target.ts) parsed it, the very
+ * result the router then acts on: the signature is checked over exactly the path and query that
+ * are served, with the query parameters decoded once ('+' a literal plus, RFC 3986, as the AWS
+ * SDKs encode a space as %20).
  */
 
 import type { IncomingHttpHeaders } from 'node:http';
 import { s3Error } from '../errors.js';
-import { type RequestTarget, parseRequestTarget } from '../request-target.js';
+import type { RequestTarget } from '../request-target.js';
 import { V2ParseError, parseV2Authorization, signV2, stringToSignV2 } from './signature-v2.js';
 import {
   STREAMING_SIGNED,
@@ -32,7 +33,6 @@ import {
   formatAmzDate,
   parseAmzDate,
   parseCredential,
-  parseRawQuery,
   parseSignedHeaders,
   parseV4Authorization,
   signHex,
@@ -52,10 +52,8 @@ export interface Credentials {
 
 export interface AuthInput {
   method: string;
-  /** Raw request target: path + optional ?query, exactly as on the request line. */
-  url: string;
-  /** The target as the server parsed it for routing; parsed from `url` when absent. */
-  target?: RequestTarget;
+  /** The request target, parsed once by parseRequestTarget for authentication and routing alike. */
+  target: RequestTarget;
   headers: IncomingHttpHeaders;
 }
 
@@ -117,14 +115,14 @@ const NO_DATE = 'AWS authentication requires a valid Date or x-amz-date header';
 export function authenticate(input: AuthInput, creds: Credentials | undefined, opts: AuthOptions = {}): AuthResult {
   if (creds === undefined) return { kind: 'anonymous' };
 
-  const { rawPath, rawQuery } = input.target ?? parseRequestTarget(input.url);
-  const query = new Map<string, string>();
-  for (const [name, value] of parseRawQuery(rawQuery)) if (!query.has(name)) query.set(name, value);
+  const { rawPath, rawQuery } = input.target;
+  const params = input.target.query;
+  const query = (name: string): string | undefined => params.get(name) ?? undefined;
   const authorization = single(input.headers['authorization']);
 
   const hasHeader = authorization !== undefined;
-  const hasV4Query = query.has('X-Amz-Algorithm');
-  const hasV2Query = query.has('Signature') || query.has('AWSAccessKeyId');
+  const hasV4Query = params.has('X-Amz-Algorithm');
+  const hasV2Query = params.has('Signature') || params.has('AWSAccessKeyId');
   if (Number(hasHeader) + Number(hasV4Query) + Number(hasV2Query) > 1) {
     throw s3Error(
       'InvalidArgument',
@@ -150,8 +148,8 @@ interface RequestParts {
   rawPath: string;
   rawQuery: string;
   headers: IncomingHttpHeaders;
-  /** Decoded query parameters, first value of each name. */
-  query: Map<string, string>;
+  /** A decoded query parameter (the first value of that name), from the one parsed target. */
+  query: (name: string) => string | undefined;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -199,9 +197,9 @@ function verifyV2Header(parts: RequestParts, authorization: string, creds: Crede
 }
 
 function verifyV2Query(parts: RequestParts, creds: Credentials, opts: AuthOptions): AuthResult {
-  const accessKey = parts.query.get('AWSAccessKeyId');
-  const signature = parts.query.get('Signature');
-  const expires = parts.query.get('Expires');
+  const accessKey = parts.query('AWSAccessKeyId');
+  const signature = parts.query('Signature');
+  const expires = parts.query('Expires');
   if (accessKey === undefined || signature === undefined || expires === undefined) {
     throw s3Error('AccessDenied', 'Query-string authentication requires the Signature, Expires and AWSAccessKeyId parameters');
   }
@@ -333,13 +331,13 @@ function queryError(message: string): Error {
 
 function verifyV4Presigned(parts: RequestParts, creds: Credentials, opts: AuthOptions): AuthResult {
   const q = parts.query;
-  const algorithm = q.get('X-Amz-Algorithm');
+  const algorithm = q('X-Amz-Algorithm');
   if (algorithm !== V4_ALGORITHM) throw queryError(`X-Amz-Algorithm only supports "${V4_ALGORITHM}"`);
-  const credentialText = q.get('X-Amz-Credential');
-  const amzDate = q.get('X-Amz-Date');
-  const expiresText = q.get('X-Amz-Expires');
-  const signedHeadersText = q.get('X-Amz-SignedHeaders');
-  const signature = q.get('X-Amz-Signature');
+  const credentialText = q('X-Amz-Credential');
+  const amzDate = q('X-Amz-Date');
+  const expiresText = q('X-Amz-Expires');
+  const signedHeadersText = q('X-Amz-SignedHeaders');
+  const signature = q('X-Amz-Signature');
   if (credentialText === undefined || amzDate === undefined || expiresText === undefined || signedHeadersText === undefined || signature === undefined) {
     throw queryError(
       'Query-string authentication version 4 requires the X-Amz-Algorithm, X-Amz-Credential, X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, and X-Amz-Expires parameters.',
@@ -376,7 +374,7 @@ function verifyV4Presigned(parts: RequestParts, creds: Credentials, opts: AuthOp
   checkHostSigned(signedHeaders);
   checkAllAmzHeadersSigned(parts.headers, signedHeaders);
 
-  const signedPayload = q.get('X-Amz-Content-Sha256');
+  const signedPayload = q('X-Amz-Content-Sha256');
   const payloadHash = signedPayload ?? UNSIGNED_PAYLOAD;
   verifyV4({ parts, credential, signedHeaders, signature, timestamp: amzDate, payloadHash, secretKey: creds.secretKey, excludeQueryParam: 'X-Amz-Signature' });
   if (signedPayload !== undefined && VALID_PAYLOAD_HASH.test(signedPayload)) {
