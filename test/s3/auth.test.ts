@@ -343,6 +343,24 @@ describe('s3 auth: V2 query-string form', () => {
     expectS3Error(() => authenticate(input, creds, { now }), 'SignatureDoesNotMatch');
   });
 
+  it('signs every S3 sub-resource and response-* override: none can be added to a signed request unnoticed', () => {
+    const subresources = [
+      'acl', 'accelerate', 'analytics', 'cors', 'delete', 'encryption', 'inventory', 'legal-hold', 'lifecycle', 'location',
+      'logging', 'metrics', 'notification', 'object-lock', 'partNumber', 'policy', 'policyStatus', 'publicAccessBlock',
+      'replication', 'requestPayment', 'restore', 'retention', 'select', 'tagging', 'torrent', 'uploadId', 'uploads',
+      'versionId', 'versioning', 'versions', 'website', 'intelligent-tiering', 'ownershipControls',
+      'response-content-type', 'response-content-language', 'response-expires', 'response-cache-control',
+      'response-content-disposition', 'response-content-encoding',
+    ];
+    for (const name of subresources) {
+      expect(canonicalizedResourceV2('/b/k', name), name).to.equal(`/b/k?${name}`);
+      expect(canonicalizedResourceV2('/b/k', `${name}=1&prefix=p`), name).to.equal(`/b/k?${name}=1`);
+      const signed = presignV2('GET', '/b/', '');
+      expectS3Error(() => authenticate({ method: 'GET', url: `${signed}&${name}`, headers: {} }, creds, { now }), 'SignatureDoesNotMatch');
+      expect(authenticate({ method: 'GET', url: presignV2('GET', '/b/', name), headers: {} }, creds, { now }).kind, name).to.equal('v2');
+    }
+  });
+
   it('takes a space in the signature for an unencoded plus', () => {
     // Find a signature with a '+' and send it unencoded, as some clients do.
     for (let i = 0; i < 200; i++) {

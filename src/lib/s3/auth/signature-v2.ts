@@ -13,8 +13,12 @@ import { percentDecodeBytes, signableBytes } from './signature-v4.js';
 
 /**
  * Query parameters that V2 includes in the canonicalized resource: every S3 sub-resource and the
- * response-* overrides, as the SDKs and s3cmd sign them. One missing here makes every V2-signed
- * request that carries it fail (s3cmd's `info` asks for ?cors).
+ * response-* overrides. A V2 signature covers the path and these, nothing else of the query, so
+ * one missing here is a parameter that can be added to a signed request unnoticed, and makes
+ * every client that does sign it fail (s3cmd signs whatever sub-resource it asks for: `info`
+ * asks for ?cors, ?policy, ?lifecycle, ...). Botocore's list lacks a few of the newer ones
+ * (encryption, publicAccessBlock, ...): its V2 requests for those are refused, as a request
+ * whose sub-resource is not signed must be.
  */
 export const V2_SUBRESOURCES: ReadonlySet<string> = new Set([
   'accelerate',
@@ -23,15 +27,21 @@ export const V2_SUBRESOURCES: ReadonlySet<string> = new Set([
   'cors',
   'defaultObjectAcl',
   'delete',
+  'encryption',
+  'intelligent-tiering',
   'inventory',
+  'legal-hold',
   'lifecycle',
   'location',
   'logging',
   'metrics',
   'notification',
   'object-lock',
+  'ownershipControls',
   'partNumber',
   'policy',
+  'policyStatus',
+  'publicAccessBlock',
   'replication',
   'requestPayment',
   'response-cache-control',
@@ -41,6 +51,7 @@ export const V2_SUBRESOURCES: ReadonlySet<string> = new Set([
   'response-content-type',
   'response-expires',
   'restore',
+  'retention',
   'select',
   'select-type',
   'storageClass',
