@@ -1,52 +1,16 @@
-/** Bucket configuration probes, and the limits a bad or slow client meets: clear S3 errors, nothing changed. */
-import { createHmac } from 'node:crypto';
+/** The limits a bad or slow client meets: clear S3 errors, nothing changed. */
 import net from 'node:net';
-import {
-  GetBucketAclCommand,
-  GetBucketCorsCommand,
-  GetBucketEncryptionCommand,
-  GetBucketLifecycleConfigurationCommand,
-  GetBucketPolicyCommand,
-  GetBucketTaggingCommand,
-  GetBucketWebsiteCommand,
-} from '@aws-sdk/client-s3';
 import { expect } from 'chai';
-import { rawExchange, rawRequest, statusOf, xmlField } from '../helpers/http.js';
+import { rawExchange, rawRequest, statusOf } from '../helpers/http.js';
 import { TEST_CREDENTIALS, startServer, type TestServer, s3Fails } from '../helpers/server.js';
 
-describe('s3: bucket configuration probes and limits', () => {
+describe('s3: limits on the request path', () => {
   let t: TestServer;
   before(async () => {
     t = await startServer({ credentials: TEST_CREDENTIALS, maxConnections: 8, headersTimeoutMs: 1000 });
   });
   after(async () => {
     await t.stop();
-  });
-
-  it('read-only configuration queries answer as S3 does for a bucket that has none (AWS SDK)', async () => {
-    const bucket = { Bucket: 'bucket' };
-    for (const [command, name] of [
-      [new GetBucketCorsCommand(bucket), 'NoSuchCORSConfiguration'],
-      [new GetBucketLifecycleConfigurationCommand(bucket), 'NoSuchLifecycleConfiguration'],
-      [new GetBucketPolicyCommand(bucket), 'NoSuchBucketPolicy'],
-      [new GetBucketTaggingCommand(bucket), 'NoSuchTagSet'],
-      [new GetBucketWebsiteCommand(bucket), 'NoSuchWebsiteConfiguration'],
-      [new GetBucketEncryptionCommand(bucket), 'ServerSideEncryptionConfigurationNotFoundError'],
-    ] as const) {
-      const err = await s3Fails(t.client.send(command as never));
-      expect(err.name, name).to.equal(name);
-      expect(err.$metadata.httpStatusCode).to.equal(404);
-    }
-    const acl = await t.client.send(new GetBucketAclCommand(bucket));
-    expect(acl.Grants?.[0]?.Permission).to.equal('FULL_CONTROL');
-  });
-
-  it('a V2-signed GET /bucket/?cors (as s3cmd info sends it) authenticates', async () => {
-    const date = new Date().toUTCString();
-    const signature = createHmac('sha1', TEST_CREDENTIALS.secretKey).update(`GET\n\n\n${date}\n/bucket/?cors`).digest('base64');
-    const res = await rawRequest(t.port, { path: '/bucket/?cors', headers: { Date: date, Authorization: `AWS ${TEST_CREDENTIALS.accessKey}:${signature}` } });
-    expect(res.status).to.equal(404);
-    expect(xmlField(res.body, 'Code')).to.equal('NoSuchCORSConfiguration');
   });
 
   it('response-* overrides with CR/LF or characters above U+00FF are 400 InvalidArgument', async () => {

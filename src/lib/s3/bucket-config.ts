@@ -6,7 +6,7 @@
 import type { RequestContext } from './context.js';
 import { type S3ErrorCode, s3Error } from './errors.js';
 import { sendXml } from './respond.js';
-import { type XmlNode, xmlDocument } from './xml.js';
+import { xmlDocument } from './xml.js';
 
 /** Sub-resources S3 answers with 404 and a code of its own when nothing is configured. */
 const NOT_CONFIGURED: Record<string, [S3ErrorCode, string]> = {
@@ -24,18 +24,22 @@ const NOT_CONFIGURED: Record<string, [S3ErrorCode, string]> = {
 
 const OWNER = { ID: 'zipkv', DisplayName: 'zipkv' };
 
-/** Sub-resources S3 answers with a default document. */
-const DEFAULTS: Record<string, [string, XmlNode]> = {
-  acl: [
-    'AccessControlPolicy',
-    { Owner: OWNER, AccessControlList: { Grant: { Grantee: { ID: OWNER.ID, DisplayName: OWNER.DisplayName }, Permission: 'FULL_CONTROL' } } },
-  ],
-  logging: ['BucketLoggingStatus', {}],
-  requestPayment: ['RequestPaymentConfiguration', { Payer: 'BucketOwner' }],
-  notification: ['NotificationConfiguration', {}],
-  accelerate: ['AccelerateConfiguration', {}],
+/** The owner's grant, with the grantee's type as S3 writes it (s3cmd reads the attribute). */
+const ACL_DOCUMENT = xmlDocument('AccessControlPolicy', {
+  Owner: OWNER,
+  AccessControlList: { Grant: { Grantee: OWNER, Permission: 'FULL_CONTROL' } },
+}).replace('<Grantee>', '<Grantee xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:type="CanonicalUser">');
+
+/** Sub-resources S3 answers with a default document: the owner's ACL, or an empty configuration. */
+const DEFAULTS: Record<string, string> = {
+  acl: ACL_DOCUMENT,
+  logging: xmlDocument('BucketLoggingStatus', {}),
+  requestPayment: xmlDocument('RequestPaymentConfiguration', { Payer: 'BucketOwner' }),
+  notification: xmlDocument('NotificationConfiguration', {}),
+  accelerate: xmlDocument('AccelerateConfiguration', {}),
 };
 
+/** The read-only configuration queries answered here (GET of the bucket); writes are NotImplemented. */
 export const BUCKET_CONFIG_QUERIES: readonly string[] = [...Object.keys(NOT_CONFIGURED), ...Object.keys(DEFAULTS)];
 
 /** GET /bucket?<name> for one of BUCKET_CONFIG_QUERIES. */
@@ -43,7 +47,6 @@ export function getBucketConfig(name: string): (ctx: RequestContext) => void {
   return (ctx) => {
     const missing = NOT_CONFIGURED[name];
     if (missing) throw s3Error(missing[0], missing[1], { BucketName: ctx.config.bucket });
-    const [root, body] = DEFAULTS[name]!;
-    sendXml(ctx, 200, xmlDocument(root, body));
+    sendXml(ctx, 200, DEFAULTS[name]!);
   };
 }
