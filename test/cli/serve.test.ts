@@ -1,4 +1,6 @@
+import { once } from 'node:events';
 import fs from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
 import { GetObjectCommand, PutObjectCommand, DeleteObjectCommand, CopyObjectCommand } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
@@ -6,6 +8,7 @@ import { openStore } from '../../src/lib/store/store.js';
 import { decodeDbReflect } from '../helpers/reference-db.js';
 import { parseDuration } from '../../src/lib/cli/serve.js';
 import { runZipkv, startZipkvServe, unwrap } from '../helpers/cli.js';
+import { rawExchange, statusOf } from '../helpers/http.js';
 import { tempDir } from '../helpers/paths.js';
 import { bodyBytes, clientFor } from '../helpers/server.js';
 import { gunzipSync } from 'node:zlib';
@@ -107,6 +110,51 @@ describe('cli: zipkv serve', () => {
 
     const server = await startZipkvServe(['-dir', dir, '-addr', '127.0.0.1:0', '--upload-expiry', '12h', '--quiet']);
     expect((await server.stop()).code).to.equal(0);
+  });
+
+  it('--max-connections N: one connection more is answered 503 SlowDown at once and closed; a freed slot serves again', async () => {
+    const dir = path.join(await tempDir('serve'), 'd');
+    const server = await startZipkvServe(['-dir', dir, '-addr', '127.0.0.1:0', '--max-connections', '2', '--quiet']);
+    const port = Number(new URL(server.url).port);
+    const held: net.Socket[] = [];
+    try {
+      for (let i = 0; i < 2; i++) {
+        const socket = net.connect(port, '127.0.0.1');
+        await once(socket, 'connect');
+        held.push(socket);
+      }
+      const started = Date.now();
+      const over = await rawExchange(port, 'GET /bucket/k HTTP/1.1\r\nHost: x\r\n\r\n', { idleMs: 5000 });
+      expect(Date.now() - started, 'closed by the server, not by the idle wait').to.be.below(2000);
+      expect(statusOf(over)).to.equal(503);
+      expect(over).to.include('<Code>SlowDown</Code>').and.include('Connection: close');
+    } finally {
+      for (const s of held) s.destroy();
+    }
+    for (let i = 0; ; i++) {
+      const reply = await rawExchange(port, 'GET /bucket/k HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+      if (statusOf(reply) === 404) break; // NoSuchKey: served
+      expect(i, 'a slot frees once the held connections close').to.be.below(20);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    expect((await server.stop()).code).to.equal(0);
+  });
+
+  it('request lines are written while serving, in batches a few times a second', async () => {
+    const dir = path.join(await tempDir('serve'), 'd');
+    const server = await startZipkvServe(['-dir', dir, '-addr', '127.0.0.1:0']);
+    const client = clientFor(server.url);
+    try {
+      for (let i = 0; i < 5; i++) await client.send(new PutObjectCommand({ Bucket: 'bucket', Key: `log${i}`, Body: 'x' }));
+    } finally {
+      client.destroy();
+    }
+    const deadline = Date.now() + 3000;
+    while (!/PUT \/bucket\/log4 200/.test(server.output()) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+    for (let i = 0; i < 5; i++) expect(server.output()).to.match(new RegExp(`PUT /bucket/log${i} 200 1B [\\d.]+ms\n`));
+    const result = await server.stop();
+    expect(result.code).to.equal(0);
+    expect(result.stdout.match(/PUT \/bucket\/log\d 200/g)).to.have.length(5);
   });
 
   it('warns loudly when bound beyond loopback without credentials', async () => {

@@ -9,7 +9,15 @@ import { PutObjectCommand, S3Client, type ChecksumAlgorithm } from '@aws-sdk/cli
 import type { StreamingSignatureContext } from '../../src/lib/s3/auth/authenticate.js';
 import { authenticateUrl as authenticate } from './auth-input.js';
 import { chunkStringToSign, deriveSigningKey, signHex, trailerStringToSign } from '../../src/lib/s3/auth/signature-v4.js';
-import { AwsChunkedDecoder, awsChunkedOptions, createChecksumVerifier, crc32c, type AwsChunkedDecoderOptions } from '../../src/lib/s3/aws-chunked.js';
+import {
+  AwsChunkedDecoder,
+  MAX_CHUNKED_LINE,
+  MAX_TRAILER_BYTES,
+  awsChunkedOptions,
+  createChecksumVerifier,
+  crc32c,
+  type AwsChunkedDecoderOptions,
+} from '../../src/lib/s3/aws-chunked.js';
 import { S3Error } from '../../src/lib/s3/errors.js';
 
 /** Feeds `body` to a decoder in pieces of `pieceSize` bytes (respecting backpressure) and collects the output. */
@@ -288,6 +296,57 @@ describe('aws-chunked: hand-made bodies', () => {
     const manyTrailers = Array.from({ length: 10_000 }, (_, i) => `x-amz-meta-t${i}:v`).join('\r\n');
     await expectDecodeError(Buffer.from(`2\r\nab\r\n0\r\n${manyTrailers}\r\n\r\n`), { trailers: true, declaredTrailer: 'x-amz-checksum-crc32' }, 'InvalidArgument');
     await expectDecodeError(Buffer.from(`2\r\nab\r\n0\r\n${'y'.repeat(5000)}:v\r\n\r\n`), { trailers: true, declaredTrailer: 'x-amz-checksum-crc32' }, 'InvalidArgument');
+  });
+
+  it('a chunk size line is at most 4 KiB with its extensions and CRLF: one byte more is refused', async () => {
+    // `2;e=<pad>\r\n` of exactly MAX_CHUNKED_LINE bytes, then of one more.
+    const line = (bytes: number) => `2;e=${'p'.repeat(bytes - '2;e=\r\n'.length)}\r\n`;
+    expect(line(MAX_CHUNKED_LINE)).to.have.length(MAX_CHUNKED_LINE);
+    for (const pieceSize of [1, 7, 1 << 16]) {
+      const ok = await decode(Buffer.from(`${line(MAX_CHUNKED_LINE)}ab\r\n0\r\n\r\n`), {}, pieceSize);
+      expect(ok.data.toString()).to.equal('ab');
+      const err = await expectDecodeError(Buffer.from(`${line(MAX_CHUNKED_LINE + 1)}ab\r\n0\r\n\r\n`), {}, 'InvalidArgument', pieceSize);
+      expect(err.message).to.match(/chunk size line longer than 4096 bytes/);
+    }
+  });
+
+  it('a chunk size line that never ends is refused once it passes the bound, not buffered', async () => {
+    const decoder = new AwsChunkedDecoder({});
+    decoder.resume();
+    decoder.on('error', () => {});
+    let written = 0;
+    let error: Error | null | undefined;
+    // Hex digits (a plausible size) then extension bytes, 1 KiB at a time (1 MiB in all), never a line feed.
+    for (let i = 0; i < 1024 && !error; i++) {
+      const piece = Buffer.from(i === 0 ? `1000;${'z'.repeat(1019)}` : 'z'.repeat(1024));
+      written += piece.length;
+      await new Promise<void>((resolve) =>
+        decoder.write(piece, (err) => {
+          error = err;
+          resolve();
+        }),
+      );
+    }
+    expect(error).to.be.instanceOf(S3Error);
+    expect((error as S3Error).code).to.equal('InvalidArgument');
+    expect(written).to.be.at.most(MAX_CHUNKED_LINE + 1024);
+  });
+
+  it('trailers: each line at most 4 KiB, at most 16 lines, at most 16 KiB in all; within the bounds they are read', async () => {
+    const opts = { trailers: true, declaredTrailer: 'x-amz-checksum-crc32' };
+    const checksum = `x-amz-checksum-crc32:${base64Crc32(Buffer.from('ab'))}`;
+    const body = (trailers: string[]) => Buffer.from(`2\r\nab\r\n0\r\n${trailers.map((t) => `${t}\r\n`).join('')}\r\n`);
+    const meta = (i: number, bytes: number) => `x-amz-meta-t${String(i).padStart(2, '0')}:${'v'.repeat(bytes - 'x-amz-meta-t00:\r\n'.length)}`;
+    // 16 lines, one of them a 4 KiB line: accepted.
+    const sixteen = [checksum, meta(0, MAX_CHUNKED_LINE), ...Array.from({ length: 14 }, (_, i) => meta(i + 1, 40))];
+    const ok = await decode(body(sixteen), opts, 5);
+    expect(ok.data.toString()).to.equal('ab');
+    expect(ok.decoder.trailers['x-amz-meta-t00']).to.have.length(MAX_CHUNKED_LINE - 'x-amz-meta-t00:\r\n'.length);
+    // A trailer line one byte too long; a 17th line; 5 lines of 4000 bytes (each within its bound, 20 KB in all).
+    expect((await expectDecodeError(body([checksum, meta(0, MAX_CHUNKED_LINE + 1)]), opts, 'InvalidArgument')).message).to.match(/trailer line longer/);
+    expect((await expectDecodeError(body([...sixteen, meta(99, 40)]), opts, 'InvalidArgument')).message).to.match(/more than 16 trailer lines/);
+    const big = [checksum, ...Array.from({ length: 5 }, (_, i) => meta(i, 4000))];
+    expect((await expectDecodeError(body(big), opts, 'InvalidArgument', 100)).message).to.match(new RegExp(`trailers longer than ${MAX_TRAILER_BYTES} bytes`));
   });
 
   it('keeps backpressure: a slow consumer holds back the producer', async () => {

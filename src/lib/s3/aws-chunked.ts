@@ -216,10 +216,12 @@ export function awsChunkedOptions(headers: IncomingHttpHeaders, signature?: Stre
   return options;
 }
 
-/** Longest chunk header (with its extensions) or trailer line accepted. */
-const MAX_LINE = 4096;
-/** Most trailer lines accepted (S3 sends one checksum and its signature): bounds their memory. */
-const MAX_TRAILER_LINES = 16;
+/** Longest chunk header (the size line with its extensions) or trailer line accepted, CRLF included. */
+export const MAX_CHUNKED_LINE = 4096;
+/** Most trailer lines accepted (S3 sends one checksum and its signature). */
+export const MAX_TRAILER_LINES = 16;
+/** Largest trailer section (every trailer line, CRLFs included, and the closing empty line). */
+export const MAX_TRAILER_BYTES = 16 * 1024;
 
 type State = 'header' | 'data' | 'data-cr' | 'data-lf' | 'trailer' | 'done';
 
@@ -240,7 +242,7 @@ export class AwsChunkedDecoder extends Transform {
   private readonly trailerChecksum: Checksum | undefined;
 
   private state: State = 'header';
-  private readonly line = Buffer.alloc(MAX_LINE);
+  private readonly line = Buffer.alloc(MAX_CHUNKED_LINE);
   private lineLength = 0;
   private remaining = 0;
   private chunkHash: Hash | undefined;
@@ -249,6 +251,7 @@ export class AwsChunkedDecoder extends Transform {
   private canonicalTrailers = '';
   private trailerSignature: string | undefined;
   private trailerLines = 0;
+  private trailerBytes = 0;
 
   constructor(options: AwsChunkedDecoderOptions = {}) {
     super();
@@ -295,7 +298,13 @@ export class AwsChunkedDecoder extends Transform {
         case 'trailer': {
           const nl = piece.indexOf(0x0a, i);
           const end = nl < 0 ? piece.length : nl;
-          if (this.lineLength + (end - i) > MAX_LINE) throw malformed('line too long');
+          // The LF counts too: a line is at most MAX_CHUNKED_LINE bytes as sent.
+          if (this.lineLength + (end - i) + 1 > MAX_CHUNKED_LINE) {
+            throw malformed(`${this.state === 'header' ? 'chunk size line' : 'trailer line'} longer than ${MAX_CHUNKED_LINE} bytes`);
+          }
+          if (this.state === 'trailer' && (this.trailerBytes += end - i + (nl < 0 ? 0 : 1)) > MAX_TRAILER_BYTES) {
+            throw malformed(`trailers longer than ${MAX_TRAILER_BYTES} bytes`);
+          }
           piece.copy(this.line, this.lineLength, i, end);
           this.lineLength += end - i;
           if (nl < 0) return;
