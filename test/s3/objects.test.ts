@@ -7,6 +7,7 @@ import {
   PutObjectCommand,
 } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
+import { rawRequest } from '../helpers/http.js';
 import { bodyBytes, startServer, type TestServer, s3Fails, md5 } from '../helpers/server.js';
 
 
@@ -55,6 +56,32 @@ describe('s3: objects (AWS SDK)', () => {
     const head = await t.client.send(new HeadObjectCommand({ Bucket: 'bucket', Key: 's3ql_metadata' }));
     expect(head.Metadata).to.deep.equal(meta);
     expect(head.ContentLength).to.equal(1);
+  });
+
+  it('GET and HEAD headers of metadata stored in any case (as the original wrote it): names as S3 sends them, nothing else', async () => {
+    const modifiedMs = Date.UTC(2024, 1, 29, 23, 59, 58);
+    await t.store.put('stored-by-go', Buffer.from('abc'), {
+      modifiedMs,
+      metadata: { 'X-Amz-Meta-Owner': 'go', 'x-amz-meta-plain': 'p', 'content-type': 'text/x-go', 'Cache-Control': 'no-store', constructor: 'c', 'X-Other': 'o' },
+    });
+    for (const method of ['GET', 'HEAD']) {
+      for (let i = 0; i < 2; i++) {
+        const res = await rawRequest(t.port, { method, path: '/bucket/stored-by-go' });
+        expect(res.status).to.equal(200);
+        expect(res.headers['content-type']).to.equal('text/x-go');
+        expect(res.headers['cache-control']).to.equal('no-store');
+        expect(res.headers['x-amz-meta-owner']).to.equal('go');
+        expect(res.headers['x-amz-meta-plain']).to.equal('p');
+        expect(res.headers['last-modified']).to.equal('Thu, 29 Feb 2024 23:59:58 GMT');
+        expect(res.headers['content-length']).to.equal('3');
+        expect(res.headers['accept-ranges']).to.equal('bytes');
+        expect(Object.keys(res.headers)).to.not.include('constructor').and.not.include('x-other');
+      }
+    }
+    const plain = await rawRequest(t.port, { path: '/bucket/h-default' }); // not there yet
+    expect(plain.status).to.equal(404);
+    await t.store.put('h-default', Buffer.from('x'));
+    expect((await rawRequest(t.port, { method: 'HEAD', path: '/bucket/h-default' })).headers['content-type']).to.equal('binary/octet-stream');
   });
 
   it('HEAD gives Content-Length, Content-Type, ETag and Last-Modified', async () => {

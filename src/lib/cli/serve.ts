@@ -24,14 +24,21 @@ export interface ServeOptions {
   warn: (line: string) => void;
 }
 
-/** Lines gathered and handed to `out` in one piece every FLUSH_MS, or sooner when many wait. */
-class BufferedLines {
+/**
+ * The request log: lines gathered and handed to `out` in one piece every FLUSH_MS, or sooner
+ * when MAX_LINES wait, instead of one write per request. Flushed at shutdown and at process exit
+ * (an exit that skips the shutdown still writes what was gathered).
+ */
+export class BufferedLines {
   private lines: string[] = [];
   private timer: NodeJS.Timeout | undefined;
-  private static readonly FLUSH_MS = 200;
-  private static readonly MAX_LINES = 1000;
+  static readonly FLUSH_MS = 200;
+  static readonly MAX_LINES = 1000;
+  private readonly atExit = () => this.flush();
 
-  constructor(private readonly out: (text: string) => void) {}
+  constructor(private readonly out: (text: string) => void) {
+    process.on('exit', this.atExit);
+  }
 
   readonly line = (text: string): void => {
     this.lines.push(text);
@@ -50,6 +57,7 @@ class BufferedLines {
 
   close(): void {
     this.flush();
+    process.off('exit', this.atExit);
   }
 }
 
@@ -137,6 +145,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     address = await server.listen();
   } catch (err) {
     removeHandlers();
+    requestLog?.close();
     await store.close();
     throw err;
   }

@@ -18,6 +18,8 @@ const STANDARD_HEADERS: Record<string, string> = {
   expires: 'Expires',
   'x-amz-website-redirect-location': 'x-amz-website-redirect-location',
 };
+/** The same, as a map: a stored name such as `constructor` must not find Object's. */
+const STANDARD_BY_LOWER: ReadonlyMap<string, string> = new Map(Object.entries(STANDARD_HEADERS));
 
 /** S3 allows 2 KB of user metadata; S3QL fills up to that. A little slack over S3's limit. */
 export const MAX_USER_METADATA_BYTES = 8 * 1024;
@@ -70,32 +72,35 @@ export function objectMetadataFrom(headers: IncomingHttpHeaders): Record<string,
   return { ...standardHeadersFrom(headers), ...userMetadataFrom(headers) };
 }
 
-/** Splits stored metadata into user metadata and standard headers, whatever case it was stored in. */
-export function splitStoredMetadata(stored: Record<string, string>): { user: Record<string, string>; standard: Record<string, string> } {
-  const user: Record<string, string> = {};
-  const standard: Record<string, string> = {};
-  for (const [name, value] of Object.entries(stored)) {
+/**
+ * Writes the response headers of a stored object's metadata into `headers`, in one pass over
+ * it (this is on every GET and HEAD): Content-Type (S3's default when none was stored), the
+ * standard headers and the user metadata, names as S3 sends them whatever case they were stored in.
+ */
+export function putMetadataHeaders(headers: OutgoingHttpHeaders, stored: Record<string, string>): void {
+  headers['Content-Type'] = DEFAULT_CONTENT_TYPE;
+  for (const name in stored) {
+    const value = stored[name]!;
+    // zipkv stores user names lower-cased: the common case needs no lower-casing here.
+    if (name.startsWith(META_PREFIX)) {
+      headers[name] = value;
+      continue;
+    }
     const lower = name.toLowerCase();
-    if (lower.startsWith(META_PREFIX)) user[lower] = value;
-    else if (STANDARD_HEADERS[lower]) standard[STANDARD_HEADERS[lower]] = value;
+    if (lower.startsWith(META_PREFIX)) headers[lower] = value;
+    else {
+      const standard = STANDARD_BY_LOWER.get(lower);
+      if (standard !== undefined) headers[standard] = value;
+    }
   }
-  return { user, standard };
 }
 
-/** Response headers for a stored object's metadata (Content-Type defaults as S3's does). */
-export function metadataResponseHeaders(stored: Record<string, string>): OutgoingHttpHeaders {
-  const { user, standard } = splitStoredMetadata(stored);
-  const headers: OutgoingHttpHeaders = { 'Content-Type': DEFAULT_CONTENT_TYPE, ...standard };
-  for (const [name, value] of Object.entries(user)) headers[name] = value;
-  return headers;
-}
-
-/** GET's response-* query parameters override the stored headers, as S3 allows. */
-export const RESPONSE_OVERRIDES: Record<string, string> = {
-  'response-content-type': 'Content-Type',
-  'response-content-language': 'Content-Language',
-  'response-expires': 'Expires',
-  'response-cache-control': 'Cache-Control',
-  'response-content-disposition': 'Content-Disposition',
-  'response-content-encoding': 'Content-Encoding',
-};
+/** GET's response-* query parameters override the stored headers, as S3 allows: [parameter, header]. */
+export const RESPONSE_OVERRIDES: ReadonlyArray<readonly [string, string]> = [
+  ['response-content-type', 'Content-Type'],
+  ['response-content-language', 'Content-Language'],
+  ['response-expires', 'Expires'],
+  ['response-cache-control', 'Cache-Control'],
+  ['response-content-disposition', 'Content-Disposition'],
+  ['response-content-encoding', 'Content-Encoding'],
+];

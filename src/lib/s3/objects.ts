@@ -6,13 +6,30 @@ import type { ObjectInfo } from '../store/store.js';
 import { contentLength, openRequestBody } from './body.js';
 import { header, type RequestContext } from './context.js';
 import { s3Error } from './errors.js';
-import { RESPONSE_OVERRIDES, metadataResponseHeaders, objectMetadataFrom } from './metadata.js';
+import { RESPONSE_OVERRIDES, objectMetadataFrom, putMetadataHeaders } from './metadata.js';
 import { conditionHeaders, evaluatePreconditions, parseRange } from './preconditions.js';
 import { sendEmpty, sendXml } from './respond.js';
 import { parseVersionId } from './versions.js';
 import { xmlDocument } from './xml.js';
 
+/** What a header value may hold, as Node checks it: one line of Latin-1 text. */
 const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+
+/**
+ * Last-Modified values: objects have whole-second times, and many share one (all written in
+ * the same second, or read again and again), so the HTTP date of each second is made once.
+ */
+const httpDates = new Map<number, string>();
+function httpDate(date: Date): string {
+  const ms = date.getTime();
+  let text = httpDates.get(ms);
+  if (text === undefined) {
+    if (httpDates.size >= 4096) httpDates.clear();
+    text = date.toUTCString();
+    httpDates.set(ms, text);
+  }
+  return text;
+}
 
 /** Bodies up to this size are read with one call and sent with one write. */
 const SMALL_OBJECT = 256 * 1024;
@@ -67,24 +84,39 @@ function checkPartNumber(ctx: RequestContext): void {
 
 export async function getObject(ctx: RequestContext, headOnly: boolean): Promise<void> {
   const key = ctx.key!;
-  const info = await objectOrVersion(ctx, key, ctx.query.get('versionId'));
-  checkPartNumber(ctx);
+  const { query } = ctx;
+  const hasQuery = query.size > 0;
+  const info = await objectOrVersion(ctx, key, hasQuery ? query.get('versionId') : null);
+  if (hasQuery) checkPartNumber(ctx);
   const etag = await ctx.store.etagOf(info);
-  const validators: OutgoingHttpHeaders = {
-    ETag: quoteEtag(etag),
-    'Last-Modified': info.lastModified.toUTCString(),
-  };
-  if (info.version !== undefined) validators['x-amz-version-id'] = String(info.version);
-  if (evaluatePreconditions(conditionHeaders(ctx.req.headers), etag, info.lastModified) === 'not-modified') {
+  const quotedEtag = quoteEtag(etag);
+  const lastModified = httpDate(info.lastModified);
+  const version = info.version === undefined ? undefined : String(info.version);
+  const reqHeaders = ctx.req.headers;
+  if (
+    (reqHeaders['if-match'] !== undefined ||
+      reqHeaders['if-none-match'] !== undefined ||
+      reqHeaders['if-modified-since'] !== undefined ||
+      reqHeaders['if-unmodified-since'] !== undefined) &&
+    evaluatePreconditions(conditionHeaders(reqHeaders), etag, info.lastModified) === 'not-modified'
+  ) {
+    const validators: OutgoingHttpHeaders = { ETag: quotedEtag, 'Last-Modified': lastModified };
+    if (version !== undefined) validators['x-amz-version-id'] = version;
     ctx.res.writeHead(304, validators);
     ctx.res.end();
     return;
   }
   const range = parseRange(header(ctx, 'range'), info.size);
-  const headers: OutgoingHttpHeaders = { ...metadataResponseHeaders(info.metadata), ...validators, 'Accept-Ranges': 'bytes' };
-  if (!headOnly) {
-    for (const [param, name] of Object.entries(RESPONSE_OVERRIDES)) {
-      const value = ctx.query.get(param);
+  // One object, filled in order: metadata, validators, then what this reply adds.
+  const headers: OutgoingHttpHeaders = {};
+  putMetadataHeaders(headers, info.metadata);
+  headers.ETag = quotedEtag;
+  headers['Last-Modified'] = lastModified;
+  if (version !== undefined) headers['x-amz-version-id'] = version;
+  headers['Accept-Ranges'] = 'bytes';
+  if (!headOnly && hasQuery) {
+    for (const [param, name] of RESPONSE_OVERRIDES) {
+      const value = query.get(param);
       if (value === null) continue;
       // A header value is one line of Latin-1 text: anything else could split the response.
       if (!HEADER_VALUE.test(value)) {

@@ -26,6 +26,7 @@ export interface RequestTarget {
 const ABSOLUTE_FORM = /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\/[^/?]*/;
 
 function decode(s: string): string {
+  if (!s.includes('%')) return s;
   try {
     return decodeURIComponent(s);
   } catch {
@@ -36,8 +37,11 @@ function decode(s: string): string {
 export function parseRequestTarget(url: string): RequestTarget {
   if (url.includes('#')) throw s3Error('InvalidRequest', 'The request target contains "#": a fragment is never part of a request (escape it as %23 in a key).');
   let target = url;
-  const absolute = ABSOLUTE_FORM.exec(target);
-  if (absolute) target = target.slice(absolute[0].length);
+  // The origin form (`/bucket/key`) is what clients send; the absolute form (proxies) is rare.
+  if (target.charCodeAt(0) !== 0x2f) {
+    const absolute = ABSOLUTE_FORM.exec(target);
+    if (absolute) target = target.slice(absolute[0].length);
+  }
   if (target === '' || target.startsWith('?')) target = `/${target}`;
   if (!target.startsWith('/')) throw s3Error('InvalidRequest', 'The request target is not a path.');
   const q = target.indexOf('?');

@@ -11,8 +11,10 @@ export function sendXml(ctx: RequestContext, status: number, xml: string): void 
   ctx.res.end(body);
 }
 
+/** An empty reply; `headers` (the caller's own object) gets Content-Length: 0. */
 export function sendEmpty(ctx: RequestContext, status: number, headers: Record<string, string | number> = {}): void {
-  ctx.res.writeHead(status, { ...headers, 'Content-Length': 0 });
+  headers['Content-Length'] = 0;
+  ctx.res.writeHead(status, headers);
   ctx.res.end();
 }
 

@@ -14,6 +14,9 @@ import { getBucketVersioning, listObjectVersions, putBucketVersioning } from './
 
 export type Handler = (ctx: RequestContext) => Promise<void> | void;
 
+const getObjectHandler: Handler = (ctx) => getObject(ctx, false);
+const headObjectHandler: Handler = (ctx) => getObject(ctx, true);
+
 /** Sub-resources of S3 that zipkv does not implement: NotImplemented, never a wrong answer. */
 const UNSUPPORTED = [
   'accelerate', 'acl', 'analytics', 'attributes', 'cors', 'encryption', 'intelligent-tiering', 'inventory',
@@ -34,12 +37,15 @@ export function route(ctx: RequestContext): Handler {
   if (ctx.bucket !== ctx.config.bucket) {
     throw s3Error('NoSuchBucket', undefined, { BucketName: ctx.bucket });
   }
-  if (ctx.key === undefined && method === 'GET') {
-    const config = BUCKET_CONFIG_QUERIES.find((name) => query.has(name));
-    if (config) return getBucketConfig(config);
-  }
-  for (const name of UNSUPPORTED) {
-    if (query.has(name)) throw s3Error('NotImplemented', `The ?${name} sub-resource is not implemented.`);
+  // Most requests (object GETs and PUTs) have no query at all: nothing to look for then.
+  if (query.size > 0) {
+    if (ctx.key === undefined && method === 'GET') {
+      const config = BUCKET_CONFIG_QUERIES.find((name) => query.has(name));
+      if (config) return getBucketConfig(config);
+    }
+    for (const name of UNSUPPORTED) {
+      if (query.has(name)) throw s3Error('NotImplemented', `The ?${name} sub-resource is not implemented.`);
+    }
   }
   if (ctx.key === undefined) {
     switch (method) {
@@ -72,9 +78,9 @@ export function route(ctx: RequestContext): Handler {
   const inUpload = query.has('uploadId');
   switch (method) {
     case 'GET':
-      return inUpload ? listParts : (ctx) => getObject(ctx, false);
+      return inUpload ? listParts : getObjectHandler;
     case 'HEAD':
-      return (ctx) => getObject(ctx, true);
+      return headObjectHandler;
     case 'PUT':
       if (inUpload || query.has('partNumber')) return uploadPart;
       return putObject;
