@@ -280,13 +280,44 @@ describe('store: I/O faults', () => {
       return { again, warnings };
     }
 
-    it('a body of the last commit whose bytes are lost: recovery stops before it, with a warning', async () => {
-      const { again, warnings } = await crashWithLostBytes(['a', 'b', 'c', 'd'], ['c']);
-      expect(allKeys(again)).to.deep.equal(['a', 'b']);
-      expect(warnings.join('\n')).to.match(/revision 2 do not match their MD5.*ignores 1 later records/);
+    it('a body of the last commit whose bytes are lost: recovery stops before that commit, with a warning', async () => {
+      const { again, warnings } = await crashWithLostBytes(['a', 'b', 'c', 'd'], ['d']);
+      expect(allKeys(again)).to.deep.equal(['a', 'b', 'c']);
+      expect(warnings.join('\n')).to.match(/revision 3 do not match their MD5.*never acknowledged; recovery stops before it/);
       // Nothing it serves is garbage, and it takes writes again.
-      for (const [i, key] of ['a', 'b'].entries()) expect(await md5Of(again, key)).to.equal(md5hex(pseudoRandomBytes(100, i)));
+      for (const [i, key] of ['a', 'b', 'c'].entries()) expect(await md5Of(again, key)).to.equal(md5hex(pseudoRandomBytes(100, i)));
       await again.put('e', Buffer.from('e'));
+    });
+
+    it('damage in an earlier, acknowledged commit drops nothing: only the last commit can be torn', async () => {
+      const { again, warnings } = await crashWithLostBytes(['a', 'b', 'c', 'd'], ['b']);
+      expect(allKeys(again)).to.deep.equal(['a', 'b', 'c', 'd']);
+      expect(warnings).to.deep.equal([]);
+    });
+
+    it('records after the last commit mark belong to a commit never completed: ignored, with a warning', async () => {
+      const dir = await tempDir('unfinished');
+      const s = await openStore(dir, { checkpointBytes: 1 << 30 });
+      open.push(s);
+      for (const key of ['a', 'b', 'c']) await s.put(key, Buffer.from(key));
+      const crashed = await tempDir('unfinished-crashed');
+      await copyStoreDir(dir, crashed);
+      // Clear the commit mark of the last record, as an append cut short before its end would.
+      const file = path.join(crashed, 'zipkv-journal');
+      const journal = await fs.readFile(file);
+      let pos = 16;
+      let last = 16;
+      while (pos + 8 <= journal.length) {
+        last = pos;
+        pos += 8 + (journal.readUInt32LE(pos) & 0x7fffffff);
+      }
+      journal.writeUInt32LE(journal.readUInt32LE(last) & 0x7fffffff, last);
+      await fs.writeFile(file, journal);
+      const warnings: string[] = [];
+      const again = await openStore(crashed, { warn: (m) => warnings.push(m) });
+      open.push(again);
+      expect(allKeys(again)).to.deep.equal(['a', 'b']);
+      expect(warnings.join('\n')).to.match(/ignored 1 records of a commit that was never completed/);
     });
 
     it('only the records one commit can hold are checked, and only small bodies', async () => {
@@ -297,5 +328,51 @@ describe('store: I/O faults', () => {
       const large = await crashWithLostBytes(['big'], ['big'], 200 * 1024);
       expect(allKeys(large.again)).to.deep.equal(['big']);
     });
+  });
+});
+
+describe('store: I/O faults that persist', () => {
+  it('a disk that stays full for db writes: checkpoints back off, writes go on, close returns', async function () {
+    this.timeout(30_000);
+    const dir = await tempDir('full-db');
+    const faults = new FaultyStorage(new LocalStorage(dir)).fail({ op: 'write', name: /^db\d{10}\.zipkv-tmp$/, code: 'ENOSPC' });
+    const warnings: string[] = [];
+    const s = await openStore(dir, { storage: faults, checkpointBytes: 1, blockSize: 1 << 20, warn: (m) => warnings.push(m) });
+    for (let i = 0; i < 200; i++) await s.put(`k${i}`, pseudoRandomBytes(100, i));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const attempts = faults.failures.filter((f) => f.startsWith('write db')).length;
+    expect(attempts, 'failed checkpoints are not retried at every commit').to.be.at.most(3);
+    expect((await blockFiles(dir)).length, 'no new block per commit').to.be.at.most(4);
+    const started = Date.now();
+    let closeError: unknown;
+    await s.close().catch((err: unknown) => (closeError = err));
+    expect(Date.now() - started).to.be.below(5000);
+    expect((closeError as NodeJS.ErrnoException | undefined)?.code).to.equal('ENOSPC');
+    const again = await openStore(dir);
+    expect(allKeys(again)).to.have.length(200);
+    await again.close();
+  });
+
+  it('a write whose block sync failed is not a version either', async () => {
+    const dir = await tempDir('unacked-version');
+    const faults = new FaultyStorage(new LocalStorage(dir));
+    const s = await openStore(dir, { storage: faults, onFailure: () => undefined });
+    await s.put('a', Buffer.from('v0'));
+    faults.fail({ op: 'datasync', name: /^block/ });
+    await s.put('a', Buffer.from('v1, never acknowledged')).catch(() => undefined);
+    expect(s.revision).to.equal(0);
+    const versions = await s.listVersions({ limit: 10 });
+    expect(versions.versions.map((v) => v.revision)).to.deep.equal([0]);
+    faults.heal();
+    await s.close();
+  });
+
+  it('a directory that cannot be opened to be synced is not a failed sync', async () => {
+    const gone = new LocalStorage(path.join(await tempDir('gone'), 'missing'));
+    const err = await gone.syncDir().then(() => undefined, (e: unknown) => e);
+    const { durably } = await import('../../src/lib/store/errors.js');
+    const wrapped = await durably('x', 'fsync', () => Promise.reject(err)).then(() => undefined, (e: unknown) => e);
+    expect(wrapped).to.not.be.instanceOf(DurabilityError);
+    expect((wrapped as NodeJS.ErrnoException).code).to.equal('ENOENT');
   });
 });

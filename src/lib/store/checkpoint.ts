@@ -86,11 +86,6 @@ export class HistoryLog {
     return { dbName: this.dbSlot === undefined ? undefined : dbFileName(this.dbSlot), tail: [...this.folding, ...this.unfolded], records: this.count };
   }
 
-  /** Records not yet folded into the db. */
-  get unfoldedRecords(): number {
-    return this.unfolded.length;
-  }
-
   get journalBytes(): number {
     return this.journal?.recordBytes ?? 0;
   }
@@ -109,9 +104,16 @@ export class HistoryLog {
     return this.journalBytes > Math.max(this.opts.checkpointBytes, this.dbCompressedSize);
   }
 
-  /** Appends acknowledged-to-be records to the journal; durable when this resolves. */
+  /** Appends a batch's records to the journal; durable when this resolves (see `accept`). */
   async append(payloads: readonly Uint8Array[]): Promise<void> {
     await this.journal!.append(payloads, this.opts.durable);
+  }
+
+  /**
+   * The batch whose records were appended is committed (its blocks are durable too): they are
+   * now part of the history. A batch that failed after its append is never accepted.
+   */
+  accept(payloads: readonly Uint8Array[]): void {
     for (const payload of payloads) this.unfolded.push(payload);
     this.count += payloads.length;
   }

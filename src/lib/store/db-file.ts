@@ -70,10 +70,9 @@ export async function writeNextDb(
   const member = await gzip(writer.finish());
   const slot = nextSlot(currentSlot);
   const previous = currentSlot === undefined ? undefined : dbFileName(currentSlot);
-  await replaceFile(storage, dbFileName(slot), [member], durable, previous);
+  const compressedSize = await replaceFile(storage, dbFileName(slot), [member], durable, previous);
   await dropPrevious(storage, currentSlot, durable);
-  const size = (await storage.stat(dbFileName(slot)))?.size ?? 0;
-  return { slot, compressedSize: size };
+  return { slot, compressedSize };
 }
 
 /** Records are gathered into protobuf pieces of about this size before compression. */

@@ -71,12 +71,17 @@ export class DurabilityError extends StoreError {
   }
 }
 
-/** Runs a sync (or another step whose failure leaves a file's state unknown) as a DurabilityError. */
+/**
+ * Runs a sync (or another step whose failure leaves a file's state unknown); its failure is a
+ * DurabilityError. A failed open on the way (a directory opened to be synced, with no file
+ * descriptor left) leaves nothing unknown and is passed on as it is.
+ */
 export async function durably(file: string, action: string, step: () => Promise<void>): Promise<void> {
   try {
     await step();
   } catch (err) {
-    throw err instanceof DurabilityError ? err : new DurabilityError(file, action, err as Error);
+    if (err instanceof DurabilityError || (err as NodeJS.ErrnoException).syscall === 'open') throw err;
+    throw new DurabilityError(file, action, err as Error);
   }
 }
 

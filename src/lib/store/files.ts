@@ -53,7 +53,8 @@ export async function listStore(storage: Storage): Promise<StoreListing> {
  * Replaces `name` atomically: a temporary file (optionally a copy of `copyFrom` with `data`
  * appended) is written and synced, then renamed over `name`, then the directory is synced. A
  * crash leaves the old file or the new one. A failure before the rename leaves `name` as it
- * was (the temporary file is removed); a failed sync is a DurabilityError.
+ * was (the temporary file is removed); a failed sync is a DurabilityError. Returns the size of
+ * the new file.
  */
 export async function replaceFile(
   storage: Storage,
@@ -61,8 +62,9 @@ export async function replaceFile(
   data: readonly Uint8Array[],
   durable: boolean,
   copyFrom?: string,
-): Promise<void> {
+): Promise<number> {
   const tmp = name + TMP_SUFFIX;
+  let size = 0;
   try {
     let at = 0;
     if (copyFrom) {
@@ -72,6 +74,7 @@ export async function replaceFile(
     const file = copyFrom ? await storage.openWrite(tmp) : await storage.create(tmp);
     try {
       await file.writev(data, at);
+      size = at + data.reduce((n, d) => n + d.length, 0);
       if (durable) await durably(tmp, 'fsync', () => file.sync());
     } finally {
       await file.close();
@@ -82,4 +85,5 @@ export async function replaceFile(
     throw err;
   }
   if (durable) await durably(storage.root, 'fsync', () => storage.syncDir());
+  return size;
 }

@@ -2,8 +2,12 @@
  * The journal: every acknowledged change since the last db checkpoint, so that a reply never
  * waits for a db rewrite. File layout:
  *
- *   header  "ZKVJ" | u32 version (1) | u64 base revision      (16 bytes, little-endian)
+ *   header  "ZKVJ" | u32 version (2) | u64 base revision      (16 bytes, little-endian)
  *   record  u32 payload length | u32 CRC-32 of payload | payload (an encoded HistoryRecord)
+ *
+ * The high bit of a record's length marks the last record of a commit (version 2; in a version 1
+ * journal every record stands alone). Records after the last marked one belong to a commit that
+ * was never acknowledged.
  *
  * The base revision is the number of history records of the db the journal continues. After a
  * crash between writing a new db and replacing the journal, records below the db's length are
@@ -15,15 +19,16 @@ import { JOURNAL_FILE, TMP_SUFFIX } from './files.js';
 import { type Storage, type WritableFile, readFully } from './storage/storage.js';
 
 const MAGIC = 0x4a564b5a; // "ZKVJ" read as a little-endian u32
-const VERSION = 1;
+const VERSION = 2;
+const COMMIT_END = 0x80000000;
 export const JOURNAL_HEADER_SIZE = 16;
 const FRAME_HEADER_SIZE = 8;
 /**
  * One commit appends at most this many records, and syncs the bodies of at most
  * SYNCED_WITH_JOURNAL_MAX bytes at the same time as the journal (one round of syncs instead of
  * two). A crash can then leave the last commit's records durable and some of their bytes not:
- * recovery checks the bytes of the small bodies among the last MAX_COMMIT_RECORDS records
- * against their MD5, and stops before the first that does not match (see recovery.ts).
+ * recovery checks the bytes of the last commit's small bodies against their MD5 and drops that
+ * commit if one does not match (see recovery.ts); the cap bounds what it reads.
  */
 export const MAX_COMMIT_RECORDS = 1024;
 export const SYNCED_WITH_JOURNAL_MAX = 128 * 1024;
@@ -35,6 +40,8 @@ export interface JournalContents {
   /** -1 when the file is too short to hold a header. */
   baseRevision: number;
   records: Uint8Array[];
+  /** For each record: whether it ends a commit. */
+  commitEnds: boolean[];
   /** Bytes after the last good record (a torn write or damage); 0 when the journal is clean. */
   ignoredBytes: number;
 }
@@ -47,17 +54,22 @@ function header(baseRevision: number): Buffer {
   return buf;
 }
 
-export function frameRecords(payloads: readonly Uint8Array[]): Buffer {
+/**
+ * Frames records: one commit (the last record marks its end), or with `eachACommit`, records
+ * already committed one by one (a new journal's copy of acknowledged records).
+ */
+export function frameRecords(payloads: readonly Uint8Array[], eachACommit = false): Buffer {
   let total = 0;
   for (const p of payloads) total += FRAME_HEADER_SIZE + p.length;
   const out = Buffer.allocUnsafe(total);
   let pos = 0;
-  for (const p of payloads) {
-    out.writeUInt32LE(p.length, pos);
+  payloads.forEach((p, i) => {
+    const end = eachACommit || i === payloads.length - 1;
+    out.writeUInt32LE((p.length | (end ? COMMIT_END : 0)) >>> 0, pos);
     out.writeUInt32LE(zlib.crc32(p), pos + 4);
     out.set(p, pos + FRAME_HEADER_SIZE);
     pos += FRAME_HEADER_SIZE + p.length;
-  }
+  });
   return out;
 }
 
@@ -82,25 +94,29 @@ export async function readJournal(storage: Storage): Promise<JournalContents | u
 export function parseJournal(buf: Buffer, where: string): JournalContents {
   if (buf.length < JOURNAL_HEADER_SIZE) {
     // Journals are created whole (written aside, then renamed): this is damage, holding nothing.
-    return { baseRevision: -1, records: [], ignoredBytes: buf.length };
+    return { baseRevision: -1, records: [], commitEnds: [], ignoredBytes: buf.length };
   }
-  if (buf.readUInt32LE(0) !== MAGIC || buf.readUInt32LE(4) !== VERSION) {
+  const version = buf.readUInt32LE(4);
+  if (buf.readUInt32LE(0) !== MAGIC || (version !== 1 && version !== VERSION)) {
     throw new StoreCorruptError(`${where}: not a zipkv journal (bad magic or version)`);
   }
   const baseRevision = Number(buf.readBigUInt64LE(8));
   const records: Uint8Array[] = [];
+  const commitEnds: boolean[] = [];
   let pos = JOURNAL_HEADER_SIZE;
   while (pos + FRAME_HEADER_SIZE <= buf.length) {
-    const len = buf.readUInt32LE(pos);
+    const word = buf.readUInt32LE(pos);
+    const len = version === 1 ? word : word & ~COMMIT_END;
     const crc = buf.readUInt32LE(pos + 4);
     const end = pos + FRAME_HEADER_SIZE + len;
     if (len > MAX_RECORD_SIZE || end > buf.length) break;
     const payload = buf.subarray(pos + FRAME_HEADER_SIZE, end);
     if (zlib.crc32(payload) !== crc) break;
     records.push(payload);
+    commitEnds.push(version === 1 || (word & COMMIT_END) !== 0);
     pos = end;
   }
-  return { baseRevision, records, ignoredBytes: buf.length - pos };
+  return { baseRevision, records, commitEnds, ignoredBytes: buf.length - pos };
 }
 
 /** Appends framed records; one writer per store, and callers serialise appends. */
@@ -121,7 +137,7 @@ export class JournalWriter {
   static async create(storage: Storage, baseRevision: number, records: readonly Uint8Array[], durable: boolean): Promise<JournalWriter> {
     const tmp = JOURNAL_FILE + TMP_SUFFIX;
     const where = `${storage.root}/${JOURNAL_FILE}`;
-    const frames = frameRecords(records);
+    const frames = frameRecords(records, true);
     let file: WritableFile | undefined;
     try {
       file = await storage.create(tmp);

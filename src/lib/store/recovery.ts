@@ -7,16 +7,17 @@
  * the db newer than the journal, never older: the journal's records that the db already holds
  * must then be the db's own records, byte for byte, and are skipped; the rest follow the db.
  * Recovery stops, with a warning, at a journal record that cannot be decoded or that points
- * outside the blocks (only writes made without fsync leave one behind), and at a small body of
- * the last commit whose bytes do not match their MD5: a commit syncs such bodies at the same time
- * as its journal records, so a power loss can keep the records and lose some of the bytes; that
- * commit was never acknowledged.
+ * outside the blocks (writes made without fsync, or a new block whose directory entry was not
+ * yet synced when the machine crashed), at records of a commit whose append never finished, and
+ * at a small body of the last commit whose bytes do not match their MD5: a commit syncs such
+ * bodies at the same time as its journal records, so a power loss can keep the records and lose
+ * some of the bytes; that commit was never acknowledged.
  */
 import { createHash } from 'node:crypto';
 import { currentDbSlot } from './db-file.js';
 import { StoreCorruptError } from './errors.js';
 import { JOURNAL_FILE, blockFileName, dbFileName, listStore } from './files.js';
-import { type JournalContents, MAX_COMMIT_RECORDS, SYNCED_WITH_JOURNAL_MAX, readJournal } from './journal.js';
+import { type JournalContents, SYNCED_WITH_JOURNAL_MAX, readJournal } from './journal.js';
 import { type PutFields, fromRawKey } from './object-index.js';
 import { type RecordBytes, type ReplayHandler, decodeRecord, replayDbStream } from './replay.js';
 import { type FileInfo, type ReadableFile, type Storage, fileStream, readFully } from './storage/storage.js';
@@ -47,8 +48,6 @@ export interface RecoveredHistory {
   /** The db's next_backend_file. */
   dbNextBlockId: number;
   dbCompressedSize: number;
-  /** The journal's base revision; undefined when there is no journal. */
-  journalBase: number | undefined;
   /** Encoded journal records after the db's, as far as recovery accepts them. */
   journalPayloads: Uint8Array[];
   /** Records in the history: the db's plus the accepted journal records. */
@@ -194,6 +193,7 @@ export async function recoverHistory(storage: Storage, opts: RecoveryOptions = {
     // First the records that decode and point inside the blocks, then the check of the last
     // commit's bytes, and only then are they handed over.
     const checks: Array<BodyToCheck | undefined> = [];
+    const ends: boolean[] = [];
     let stopped = false;
     for (let i = 0, rev = journal.baseRevision; i < journal.records.length && !stopped; i++, rev++) {
       if (rev < dbRecords) continue; // compared above
@@ -223,16 +223,33 @@ export async function recoverHistory(storage: Storage, opts: RecoveryOptions = {
       if (stopped) break;
       journalPayloads.push(payload);
       checks.push(check);
+      ends.push(journal.commitEnds[i]!);
     }
-    const tail = Math.max(0, journalPayloads.length - MAX_COMMIT_RECORDS);
-    const bad = await firstBodyMismatch(storage, checks.slice(tail));
+    // Records after the last commit's end belong to a commit whose append never finished: it
+    // was never acknowledged.
+    let complete = ends.lastIndexOf(true) + 1;
+    if (complete < journalPayloads.length) {
+      warnings.push(`${journalWhere}: ignored ${journalPayloads.length - complete} records of a commit that was never completed (never acknowledged)`);
+      journalPayloads = journalPayloads.slice(0, complete);
+    }
+    // The last commit's small bodies were synced at the same time as its records: a crash of
+    // the machine can have kept the records and lost some bytes. Earlier commits were complete
+    // before the next began, so only the last one is checked.
+    const lastStart = complete < 2 ? 0 : ends.lastIndexOf(true, complete - 2) + 1;
+    let bad: number | undefined;
+    try {
+      bad = await firstBodyMismatch(storage, checks.slice(lastStart, complete));
+    } catch (err) {
+      await db?.close();
+      throw err;
+    }
     if (bad !== undefined) {
-      const kept = tail + bad;
+      complete = lastStart;
       warnings.push(
-        `${journalWhere}: the bytes of revision ${checks[kept]!.rev} do not match their MD5 (a commit cut short by a crash of the ` +
-          `machine, never acknowledged); recovery stops before it and ignores ${journalPayloads.length - kept - 1} later records`,
+        `${journalWhere}: the bytes of revision ${checks[lastStart + bad]!.rev} do not match their MD5: its commit (from revision ` +
+          `${dbRecords + lastStart}) was cut short by a crash of the machine and never acknowledged; recovery stops before it`,
       );
-      journalPayloads = journalPayloads.slice(0, kept);
+      journalPayloads = journalPayloads.slice(0, complete);
     }
     let rev = dbRecords;
     for (const payload of journalPayloads) {
@@ -263,7 +280,6 @@ export async function recoverHistory(storage: Storage, opts: RecoveryOptions = {
     dbRecords,
     dbNextBlockId,
     dbCompressedSize,
-    journalBase: journal ? journal.baseRevision : undefined,
     journalPayloads,
     total: dbRecords + journalPayloads.length,
     blocks,

@@ -357,19 +357,22 @@ export class Store {
     if (this.closed) return;
     this.closed = true;
     const parts = this.parts;
-    if (parts) {
-      if (this.inFlight > 0) await new Promise<void>((resolve) => (this.idle = resolve));
-      try {
-        await parts.writer.settled();
-        if (!this.latch.failure && parts.log.needsCheckpoint(parts.blocks.nextBlockId)) await parts.writer.checkpoint();
-      } finally {
-        await parts.blocks.close();
-        await parts.log.close();
-        await this.storage.clearScratch().catch(() => undefined);
-        await parts.lock.release();
+    try {
+      if (parts) {
+        if (this.inFlight > 0) await new Promise<void>((resolve) => (this.idle = resolve));
+        try {
+          await parts.writer.settled();
+          if (!this.latch.failure && parts.log.needsCheckpoint(parts.blocks.nextBlockId)) await parts.writer.checkpoint();
+        } finally {
+          await parts.blocks.close();
+          await parts.log.close();
+          await this.storage.clearScratch().catch(() => undefined);
+          await parts.lock.release();
+        }
       }
+    } finally {
+      await this.blockReader.close();
     }
-    await this.blockReader.close();
   }
 
   /** Runs a write, counted so that `close` waits for it; refused when writes are not taken. */

@@ -98,6 +98,9 @@ export class Writer {
   private checkpointWaiters: Waiter[] = [];
   private running: RunningCheckpoint | undefined;
   private runningDone: Promise<void> | undefined;
+  /** After a failed checkpoint, none is started for the journal's size before this time. */
+  private retryAt = 0;
+  private retryDelay = 0;
   /** Bytes of small bodies held until their commit (at most HELD_BODY_BYTES). */
   private heldBytes = 0;
 
@@ -230,7 +233,9 @@ export class Writer {
           await this.commitBatch(this.pending.splice(0, MAX_COMMIT_RECORDS));
         }
         if (this.running?.settled) await this.finishCheckpoint(this.running);
-        if (!this.running && (this.checkpointWaiters.length > 0 || (this.log.due && !this.latch.failure))) this.startCheckpoint();
+        if (!this.running && (this.checkpointWaiters.length > 0 || (this.log.due && !this.latch.failure && Date.now() >= this.retryAt))) {
+          this.startCheckpoint();
+        }
       }
     } finally {
       // Cleared with no await after the last check, so a kick never finds a loop about to end.
@@ -273,6 +278,7 @@ export class Writer {
           await this.syncBlocks(applied);
           await this.log.append(payloads);
         }
+        this.log.accept(payloads);
       }
     } catch (err) {
       const reason = err instanceof DurabilityError ? this.latch.fail(err) : (err as Error);
@@ -335,7 +341,13 @@ export class Writer {
     this.running = undefined;
     this.runningDone = undefined;
     if (error instanceof DurabilityError) error = this.latch.fail(error);
-    else if (error) this.warn(`checkpoint failed (the journal still holds every write; it is tried again later): ${error.message}`);
+    else if (error) {
+      // Not again at once: a disk that stays full would otherwise get a new db (and a new
+      // block) at every commit. The journal still holds every write meanwhile.
+      this.retryDelay = Math.min(Math.max(this.retryDelay * 2, 1000), 60_000);
+      this.retryAt = Date.now() + this.retryDelay;
+      this.warn(`checkpoint failed (the journal still holds every write; tried again in ${this.retryDelay / 1000} s at the earliest): ${error.message}`);
+    } else this.retryDelay = 0;
     for (const w of running.waiters) {
       if (error) w.reject(error);
       else w.resolve();
