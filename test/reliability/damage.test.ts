@@ -224,12 +224,15 @@ async function fresh(golden: Golden, work: string, n: number): Promise<string> {
   return dir;
 }
 
-/** Record boundaries of a journal: [start, end) of each frame, after the 16-byte header. */
+/**
+ * Record boundaries of a journal: [start, end) of each frame, after the 16-byte header. The
+ * length word's high bit marks a commit's last record.
+ */
 function journalFrames(buf: Buffer): Array<[number, number]> {
   const frames: Array<[number, number]> = [];
   let pos = 16;
   while (pos + 8 <= buf.length) {
-    const end = pos + 8 + buf.readUInt32LE(pos);
+    const end = pos + 8 + (buf.readUInt32LE(pos) & 0x7fffffff);
     if (end > buf.length) break;
     frames.push([pos, end]);
     pos = end;
