@@ -29,24 +29,48 @@ export function scanDb(
   where: string,
   onRecord: (record: RawRecord, rev: number) => void,
   limit = Infinity,
-): { nextBlockId: number; records: number } {
+): { nextBlockId: number; records: number; firstRevision: number; historyStart: number } {
   const reader = protobuf.Reader.create(buf);
   let nextBlockId = 0;
+  let firstRevision = 0;
   let rev = 0;
+  let seen = 0;
+  // Leading puts carrying their own revision (a compacted history's kept records).
+  let kept = 0;
   try {
     while (reader.pos < reader.len) {
       const tag = reader.uint32();
       const field = tag >>> 3;
       if (field === 2 && (tag & 7) === WIRE_VARINT) {
         nextBlockId = reader.sint32();
+      } else if (field === 4 && (tag & 7) === WIRE_VARINT) {
+        if (seen > 0) throw new StoreCorruptError(`${where}: first_revision comes after records`);
+        firstRevision = longToNumber(reader.sint64());
+        if (!Number.isSafeInteger(firstRevision) || firstRevision < 0) throw new StoreCorruptError(`${where}: first_revision ${firstRevision} is not a revision`);
+        rev = firstRevision;
       } else if (field === 3 && (tag & 7) === WIRE_LEN) {
         const len = reader.uint32();
         const start = reader.pos;
         const end = start + len;
         if (end > reader.len) throw new RangeError('record runs past the end');
-        if (rev < limit) onRecord(decodeRawRecord(buf, start, end, where, rev), rev);
+        let record: RawRecord | undefined;
+        if (rev < limit) record = decodeRawRecord(buf, start, end, where, rev);
+        else if (seen === kept) {
+          // Past the limit only to find where the kept run ends; an undecodable record ends it.
+          try {
+            record = decodeRawRecord(buf, start, end, where, rev);
+          } catch {
+            record = undefined;
+          }
+        }
+        if (record?.kind === 'put' && record.revision !== undefined) {
+          if (seen !== kept) throw new StoreCorruptError(`${where}: revision ${rev} carries its own revision, but follows the history's start`);
+          kept++;
+        }
+        if (rev < limit) onRecord(record!, rev);
         reader.pos = end;
         rev++;
+        seen++;
       } else {
         reader.skipType(tag & 7);
       }
@@ -55,7 +79,12 @@ export function scanDb(
     if (err instanceof StoreCorruptError) throw err;
     throw new StoreCorruptError(`${where}: cannot decode the history after revision ${rev - 1}: ${(err as Error).message}`);
   }
-  return { nextBlockId, records: rev };
+  return { nextBlockId, records: rev, firstRevision, historyStart: firstRevision + kept };
+}
+
+function longToNumber(v: unknown): number {
+  // protobufjs returns a Long when long.js is present; Number() on it goes through a string.
+  return typeof v === 'number' ? v : (v as { toNumber(): number }).toNumber();
 }
 
 /** Decodes one HistoryRecord message occupying buf[start, end). */
@@ -107,10 +136,14 @@ function decodePut(buf: Uint8Array, start: number, end: number, where: string, r
   reader.len = end;
   let rawKey = '';
   let location: Location | undefined;
+  let revision: number | undefined;
   while (reader.pos < end) {
     const tag = reader.uint32();
     const field = tag >>> 3;
-    if (field === 1 && (tag & 7) === WIRE_LEN) {
+    if (field === 3 && (tag & 7) === WIRE_VARINT) {
+      revision = longToNumber(reader.sint64());
+      if (!Number.isSafeInteger(revision) || revision < 0) throw new StoreCorruptError(`${where}: revision ${rev} carries ${revision}, not a revision`);
+    } else if (field === 1 && (tag & 7) === WIRE_LEN) {
       const len = reader.uint32();
       rawKey = latin1(buf, reader.pos, reader.pos + len);
       reader.pos += len;
@@ -121,7 +154,7 @@ function decodePut(buf: Uint8Array, start: number, end: number, where: string, r
     } else reader.skipType(tag & 7);
   }
   if (!location) throw new StoreCorruptError(`${where}: revision ${rev} is a put without a location`);
-  return { kind: 'put', rawKey, location };
+  return revision === undefined ? { kind: 'put', rawKey, location } : { kind: 'put', rawKey, location, revision };
 }
 
 function decodeLocation(buf: Uint8Array, start: number, end: number): Location {
@@ -137,12 +170,9 @@ function decodeLocation(buf: Uint8Array, start: number, end: number): Location {
       case 3: location.size = reader.sint32(); break;
       case 4: location.metadata = reader.bytes(); break;
       case 5: location.md5 = reader.bytes(); break;
-      case 6: {
-        // protobufjs returns a Long when long.js is present; Number() on it goes through a string.
-        const ms = reader.sint64() as unknown as number | { toNumber(): number };
-        location.modifiedMs = typeof ms === 'number' ? ms : ms.toNumber();
+      case 6:
+        location.modifiedMs = longToNumber(reader.sint64());
         break;
-      }
       case 7: location.etag = reader.string(); break;
       default: reader.skipType(tag & 7);
     }
@@ -152,7 +182,7 @@ function decodeLocation(buf: Uint8Array, start: number, end: number): Location {
 
 
 /** Decompresses a db file and counts its records and next_backend_file with the reference decoder. */
-export async function readDbSummary(file: string): Promise<{ nextBlockId: number; records: number }> {
+export async function readDbSummary(file: string): Promise<{ nextBlockId: number; records: number; firstRevision: number; historyStart: number }> {
   const { gunzipSync } = await import('node:zlib');
   const { readFile } = await import('node:fs/promises');
   return scanDb(gunzipSync(await readFile(file)), file, () => undefined, 0);

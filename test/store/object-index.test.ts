@@ -95,6 +95,7 @@ describe('store: the object index', () => {
               md5At: md5 ? 3 : -1,
               modifiedMs: entry.mtime * 1000,
               etag: entry.etag,
+              keptRevision: -1,
             });
           }
           model.set(key, entry);

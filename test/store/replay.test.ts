@@ -95,6 +95,8 @@ function historyRecord(valid = false): Uint8Array {
       const put = protobuf.Writer.create();
       if (rand(6)) put.uint32((1 << 3) | 2).string(key());
       if (valid || rand(8)) put.uint32((2 << 3) | 2).bytes(location());
+      // A kept record's own revision (valid only in a leading run; a negative one never).
+      if (!valid && rand(5) === 0) put.uint32((3 << 3) | 0).sint64(rand(6) === 0 ? -1 - rand(5) : rand(1000));
       if (rand(4) === 0) unknownField(put);
       w.uint32((1 << 3) | 2).bytes(put.finish());
     } else {
@@ -107,9 +109,12 @@ function historyRecord(valid = false): Uint8Array {
   return w.finish();
 }
 
-function db(records: Uint8Array[]): Buffer {
+function db(records: Uint8Array[], withFirstRevision = true): Buffer {
   const w = protobuf.Writer.create();
-  for (const r of records) {
+  // first_revision: at the start, or (rarely, and refused) after a record.
+  const firstAt = withFirstRevision && rand(4) === 0 ? (rand(3) === 0 ? rand(records.length + 1) : 0) : -1;
+  for (const [i, r] of records.entries()) {
+    if (i === firstAt) w.uint32((4 << 3) | 0).sint64(rand(8) === 0 ? -rand(3) : rand(5000));
     if (rand(10) === 0) w.uint32((2 << 3) | 0).sint32(rand(50));
     if (rand(15) === 0) unknownField(w);
     w.uint32((3 << 3) | 2).bytes(r);
@@ -122,22 +127,22 @@ const hex = (b: Uint8Array | undefined) => (b ? Buffer.from(b).toString('hex') :
 function withScanDb(buf: Buffer, limit = Infinity): Decoded[] {
   const out: Decoded[] = [];
   try {
-    const { nextBlockId, records } = scanDb(
+    const { nextBlockId, records, firstRevision, historyStart } = scanDb(
       buf,
       'db',
-      (r) => {
-        if (r.kind === 'delete') out.push(`delete ${hex(Buffer.from(r.rawKey, 'latin1'))}`);
+      (r, rev) => {
+        if (r.kind === 'delete') out.push(`${rev} delete ${hex(Buffer.from(r.rawKey, 'latin1'))}`);
         else {
           const l = r.location;
           const md5 = l.md5 && l.md5.length === 16 ? hex(l.md5) : '-';
           const meta = l.metadata && l.metadata.length > 0 ? hex(l.metadata) : '-';
           const mtime = l.modifiedMs ? Math.floor(l.modifiedMs / 1000) : 0;
-          out.push(`put ${hex(Buffer.from(r.rawKey, 'latin1'))} ${l.block} ${l.offset} ${l.size} ${meta} ${md5} ${mtime} ${l.etag || '-'}`);
+          out.push(`${rev} put ${hex(Buffer.from(r.rawKey, 'latin1'))} ${l.block} ${l.offset} ${l.size} ${meta} ${md5} ${mtime} ${l.etag || '-'} ${r.revision ?? '-'}`);
         }
       },
       limit,
     );
-    out.push(`next ${nextBlockId} records ${records}`);
+    out.push(`next ${nextBlockId} records ${records} first ${firstRevision} start ${historyStart}`);
   } catch (err) {
     expect(err).to.be.instanceOf(StoreCorruptError);
     out.push('error');
@@ -150,20 +155,21 @@ function withReplay(feed: (r: DbReplayer) => void, limit = Infinity): Decoded[] 
   const replayer = new DbReplayer(
     'db',
     {
-      put(rawKey, f) {
+      put(rawKey, f, rev) {
         const md5 = f.md5At >= 0 ? hex(f.buf.subarray(f.md5At, f.md5At + 16)) : '-';
-        out.push(`put ${hex(Buffer.from(rawKey, 'latin1'))} ${f.block} ${f.offset} ${f.size} ${f.meta === undefined ? '-' : hex(Buffer.from(f.meta, 'latin1'))} ${md5} ${Math.floor(f.modifiedMs / 1000)} ${f.etag ?? '-'}`);
+        const kept = f.keptRevision >= 0 ? f.keptRevision : '-';
+        out.push(`${rev} put ${hex(Buffer.from(rawKey, 'latin1'))} ${f.block} ${f.offset} ${f.size} ${f.meta === undefined ? '-' : hex(Buffer.from(f.meta, 'latin1'))} ${md5} ${Math.floor(f.modifiedMs / 1000)} ${f.etag ?? '-'} ${kept}`);
       },
-      delete(rawKey) {
-        out.push(`delete ${hex(Buffer.from(rawKey, 'latin1'))}`);
+      delete(rawKey, rev) {
+        out.push(`${rev} delete ${hex(Buffer.from(rawKey, 'latin1'))}`);
       },
     },
     limit,
   );
   try {
     feed(replayer);
-    const { nextBlockId, records } = replayer.finish();
-    out.push(`next ${nextBlockId} records ${records}`);
+    const { nextBlockId, records, firstRevision, historyStart } = replayer.finish();
+    out.push(`next ${nextBlockId} records ${records} first ${firstRevision} start ${historyStart}`);
   } catch (err) {
     expect(err).to.be.instanceOf(StoreCorruptError);
     out.push('error');
@@ -233,7 +239,7 @@ describe('store: the fast history scanner decodes what the reference decoder doe
   it('reads gzip files of one or several members, and refuses a truncated one', async () => {
     const dir = await tempDir('replay');
     const a = db(Array.from({ length: 50 }, () => historyRecord(true)));
-    const b = db(Array.from({ length: 50 }, () => historyRecord(true)));
+    const b = db(Array.from({ length: 50 }, () => historyRecord(true)), false);
     const whole = Buffer.concat([a, b]);
     const file = path.join(dir, 'db0000000000');
     await fs.writeFile(file, Buffer.concat([zlib.gzipSync(a), zlib.gzipSync(b, { level: 1 })]));

@@ -3,7 +3,15 @@ import type { RequestContext } from './context.js';
 import { resourceOf } from './context.js';
 import { S3Error, s3Error } from './errors.js';
 import { xmlDocument } from './xml.js';
-import { BodySizeMismatchError, DigestMismatchError, DurabilityError, ObjectTooLargeError, StoreFailedError, StoreStateError } from '../store/errors.js';
+import {
+  BodySizeMismatchError,
+  DigestMismatchError,
+  DurabilityError,
+  ObjectTooLargeError,
+  StoreFailedError,
+  StoreStateError,
+  VersionForgottenError,
+} from '../store/errors.js';
 
 export function sendXml(ctx: RequestContext, status: number, xml: string): void {
   const body = Buffer.from(xml, 'utf8');
@@ -26,6 +34,7 @@ export function toS3Error(err: unknown): S3Error {
   if (err instanceof ObjectTooLargeError) return s3Error('EntityTooLarge', err.message);
   if (err instanceof StoreFailedError) return s3Error('ServiceUnavailable', err.message);
   if (err instanceof DurabilityError) return s3Error('ServiceUnavailable', err.message);
+  if (err instanceof VersionForgottenError) return s3Error('NoSuchVersion', err.message);
   if (err instanceof StoreStateError) return s3Error('ServiceUnavailable', 'The server is shutting down.');
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
   if (code === 'ENOSPC' || code === 'EDQUOT') return s3Error('ServiceUnavailable', 'The server is out of disk space.');

@@ -70,6 +70,17 @@ export class BlockWriter {
     return this.nextId;
   }
 
+  /** An id for a block written outside the writer (compaction's copies): never used again. */
+  allocateId(): number {
+    return this.nextId++;
+  }
+
+  /** Whether block `id` may still be written to (open, or with writers not yet done). */
+  isLive(id: number): boolean {
+    for (const block of this.live) if (block.id === id) return true;
+    return false;
+  }
+
   /** Reserves `size` (> 0) bytes; a body larger than the block size gets a block of its own. */
   reserve(size: number): Reservation {
     let block = this.open;
@@ -138,6 +149,8 @@ interface CachedHandle {
 /** Positional reads from block files, with a small cache of open handles. */
 export class BlockReader {
   private readonly handles = new Map<number, CachedHandle>();
+  /** Deleted blocks whose handles close once their readers are done. */
+  private readonly retired = new Set<number>();
   private closedFlag = false;
 
   constructor(private readonly storage: Storage) {}
@@ -188,6 +201,21 @@ export class BlockReader {
     return readable;
   }
 
+  /**
+   * Blocks about to be deleted: their handles are opened now (while the files exist) and kept
+   * for `graceMs`, so that a read that looked an object up before it moved still finds its
+   * bytes; after that, each handle closes once its last reader is done.
+   */
+  async retire(ids: readonly number[], graceMs: number): Promise<void> {
+    const pinned = ids.map((id) => ({ id, entry: this.acquire(id) }));
+    await Promise.all(pinned.map(({ entry }) => entry.handle.catch(() => undefined)));
+    for (const { id } of pinned) this.retired.add(id);
+    const timer = setTimeout(() => {
+      for (const { id, entry } of pinned) this.releaseHandle(id, entry);
+    }, graceMs);
+    timer.unref();
+  }
+
   /** After close, reads fail: a handle opened then would never be closed. */
   get closed(): boolean {
     return this.closedFlag;
@@ -219,6 +247,12 @@ export class BlockReader {
 
   private releaseHandle(block: number, entry: CachedHandle): void {
     entry.refs--;
+    if (entry.refs === 0 && this.retired.has(block) && this.handles.get(block) === entry) {
+      this.handles.delete(block);
+      this.retired.delete(block);
+      void entry.handle.then((h) => h.close(), () => undefined);
+      return;
+    }
     // A handle that failed to open is dropped so a later read retries.
     entry.handle.catch(() => {
       if (this.handles.get(block) === entry) this.handles.delete(block);

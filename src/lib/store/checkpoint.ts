@@ -34,6 +34,9 @@ export class HistoryLog {
   private folding: Uint8Array[] = [];
   private dbSlot: number | undefined;
   private dbCompressedSize: number;
+  /** See RecoveredHistory: where the db's records begin, and where its full history begins. */
+  private firstRevision: number;
+  private historyStartRevision: number;
   /** The next block id the current db records. */
   private dbNextBlockId: number;
   private journal: JournalWriter | undefined;
@@ -48,6 +51,8 @@ export class HistoryLog {
     this.dbSlot = recovered.dbSlot;
     this.dbCompressedSize = recovered.dbCompressedSize;
     this.dbNextBlockId = recovered.dbNextBlockId;
+    this.firstRevision = recovered.firstRevision;
+    this.historyStartRevision = recovered.historyStart;
   }
 
   /**
@@ -82,8 +87,49 @@ export class HistoryLog {
    * records after it (held in memory). The db file stays readable once opened, even if a
    * checkpoint replaces it meanwhile.
    */
-  view(): { dbName: string | undefined; tail: Uint8Array[]; records: number } {
-    return { dbName: this.dbSlot === undefined ? undefined : dbFileName(this.dbSlot), tail: [...this.folding, ...this.unfolded], records: this.count };
+  view(): { dbName: string | undefined; tail: Uint8Array[]; records: number; historyStart: number } {
+    return {
+      dbName: this.dbSlot === undefined ? undefined : dbFileName(this.dbSlot),
+      tail: [...this.folding, ...this.unfolded],
+      records: this.count,
+      historyStart: this.historyStartRevision,
+    };
+  }
+
+  /** The first revision whose whole history is kept. */
+  get historyStart(): number {
+    return this.historyStartRevision;
+  }
+
+  /**
+   * The current db, when the journal continues it exactly (no checkpoint half done): what a
+   * compaction may rewrite. Its records end at revision `end`.
+   */
+  compactableDb(): { name: string; slot: number; nextBlockId: number; end: number } | undefined {
+    const end = this.count - this.unfolded.length - this.folding.length;
+    if (this.dbSlot === undefined || this.folding.length > 0 || this.journal?.baseRevision !== end) return undefined;
+    return { name: dbFileName(this.dbSlot), slot: this.dbSlot, nextBlockId: this.dbNextBlockId, end };
+  }
+
+  /** A compacted db replaced the current one (same records, same end): see compaction.ts. */
+  installCompacted(db: { slot: number; compressedSize: number; firstRevision: number; historyStart: number }): void {
+    this.dbSlot = db.slot;
+    this.dbCompressedSize = db.compressedSize;
+    this.firstRevision = db.firstRevision;
+    this.historyStartRevision = db.historyStart;
+  }
+
+  /**
+   * With no append running: the journal's records are rewritten by `rewrite` and a new journal
+   * holding them replaces the current one (same base). Until it does, the current one stays.
+   */
+  async rewriteJournal(rewrite: (payload: Uint8Array, rev: number) => Uint8Array): Promise<void> {
+    const base = this.count - this.unfolded.length;
+    const rewritten = this.unfolded.map((payload, i) => rewrite(payload, base + i));
+    const previous = this.journal;
+    this.journal = await JournalWriter.create(this.storage, base, rewritten, this.opts.durable);
+    this.unfolded = rewritten;
+    await previous?.close();
   }
 
   get journalBytes(): number {

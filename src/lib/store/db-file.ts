@@ -13,7 +13,7 @@ import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import { StoreCorruptError, durably } from './errors.js';
 import { DB_SLOTS, TMP_SUFFIX, dbFileName, replaceFile } from './files.js';
-import { newWriter, writeHistoryEntry, writeNextBackendFile } from './schema.js';
+import { newWriter, writeFirstRevision, writeHistoryEntry, writeNextBackendFile } from './schema.js';
 import type { Storage, WritableFile } from './storage/storage.js';
 
 const gzip = promisify(zlib.gzip);
@@ -78,9 +78,10 @@ export async function writeNextDb(
 /** Records are gathered into protobuf pieces of about this size before compression. */
 const PIECE_BYTES = 256 * 1024;
 
-/** A Db message in pieces: next_backend_file, then the records. */
-async function* dbPieces(records: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, nextBlockId: number): AsyncGenerator<Uint8Array> {
+/** A Db message in pieces: first_revision, next_backend_file, then the records. */
+async function* dbPieces(records: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, nextBlockId: number, firstRevision: number): AsyncGenerator<Uint8Array> {
   let writer = newWriter();
+  writeFirstRevision(writer, firstRevision);
   writeNextBackendFile(writer, nextBlockId);
   let pending = 0;
   for await (const record of records) {
@@ -98,7 +99,8 @@ async function* dbPieces(records: AsyncIterable<Uint8Array> | Iterable<Uint8Arra
 
 /**
  * Writes a whole new db into the slot after `currentSlot` from a stream of encoded records
- * (rebase), compressing as it goes: memory stays bounded whatever the history's length.
+ * (rebase, compaction), compressing as it goes: memory stays bounded whatever the history's
+ * length. `firstRevision` is the revision of the first record.
  */
 export async function writeWholeDb(
   storage: Storage,
@@ -106,17 +108,18 @@ export async function writeWholeDb(
   encodedRecords: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
   nextBlockId: number,
   durable: boolean,
-): Promise<number> {
+  firstRevision = 0,
+): Promise<DbWriteResult> {
   const slot = nextSlot(currentSlot);
   const name = dbFileName(slot);
   const tmp = name + TMP_SUFFIX;
   let file: WritableFile | undefined;
+  let position = 0;
   try {
     file = await storage.create(tmp);
     const out = file;
-    let position = 0;
     await pipeline(
-      Readable.from(dbPieces(encodedRecords, nextBlockId)),
+      Readable.from(dbPieces(encodedRecords, nextBlockId, firstRevision)),
       zlib.createGzip({ level: 9 }),
       new Writable({
         write(chunk: Buffer, _encoding, callback) {
@@ -138,5 +141,5 @@ export async function writeWholeDb(
   }
   if (durable) await durably(storage.root, 'fsync', () => storage.syncDir());
   await dropPrevious(storage, currentSlot, durable);
-  return slot;
+  return { slot, compressedSize: position };
 }

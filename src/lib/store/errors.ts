@@ -112,3 +112,26 @@ export class FailureLatch {
     return this.failure;
   }
 }
+
+/** A revision the history does not hold. */
+export class RevisionOutOfRangeError extends StoreError {
+  constructor(dir: string, revision: number, history: { total: number; historyStart: number }) {
+    const { total } = history;
+    const oldest = Math.max(0, history.historyStart - 1);
+    super(
+      'ERANGE',
+      total === 0
+        ? `revision ${revision} is out of range: ${dir} holds no history`
+        : oldest > 0
+          ? `revision ${revision} is out of range: ${dir} holds revisions ${oldest}..${total - 1} (compaction forgot the ones before ${oldest})`
+          : `revision ${revision} is out of range: ${dir} holds revisions 0..${total - 1}`,
+    );
+  }
+}
+
+/** A copy's source version was forgotten by compaction (older than --keep-history) meanwhile. */
+export class VersionForgottenError extends StoreError {
+  constructor(message: string) {
+    super('EFORGOTTEN', message);
+  }
+}

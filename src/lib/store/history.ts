@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { StoreError, StoreStateError } from './errors.js';
 import { JOURNAL_FILE } from './files.js';
 import { type PutFields, fromRawKey, toRawKey } from './object-index.js';
-import { type RecoveredHistory, recoverHistory } from './recovery.js';
+import { type RecoveredHistory, assertRevision, recoverHistory } from './recovery.js';
 import { type RecordBytes, decodeRecord, locationOf, replayDbRecords } from './replay.js';
 import { type Location, type RawRecord, decodeMetadata } from './schema.js';
 import { LocalStorage } from './storage/local.js';
@@ -21,18 +21,6 @@ import { fileStream } from './storage/storage.js';
 export class StoreNotFoundError extends StoreError {
   constructor(message: string) {
     super('ENOENT', message);
-  }
-}
-
-/** A revision the history does not hold. */
-export class RevisionOutOfRangeError extends StoreError {
-  constructor(dir: string, revision: number, total: number) {
-    super(
-      'ERANGE',
-      total === 0
-        ? `revision ${revision} is out of range: ${dir} holds no history`
-        : `revision ${revision} is out of range: ${dir} holds revisions 0..${total - 1}`,
-    );
   }
 }
 
@@ -111,10 +99,18 @@ async function* snapshotItems<T>(
   }
 }
 
+/**
+ * A record's revision as users see it: a record kept from before a compacted history's start
+ * shows the revision that wrote it (its version id), which is below the history's start.
+ */
+function shownRevision(fields: PutFields, rev: number): number {
+  return fields.keptRevision >= 0 ? fields.keptRevision : rev;
+}
+
 /** Every record of a snapshot in order, decoded one at a time. */
 export function snapshotRecords(snapshot: StoreSnapshot): AsyncGenerator<SnapshotRecord> {
   return snapshotItems<SnapshotRecord>(snapshot, {
-    put: (rawKey, fields, rev) => ({ rev, record: { kind: 'put', rawKey, location: locationOf(fields) } }),
+    put: (rawKey, fields, rev) => ({ rev: shownRevision(fields, rev), record: { kind: 'put', rawKey, location: locationOf(fields) } }),
     delete: (rawKey, rev) => ({ rev, record: { kind: 'delete', rawKey } }),
   });
 }
@@ -128,7 +124,7 @@ export interface RecordKey {
 /** The revision, kind and raw key of every record, leaving locations aside (much cheaper). */
 export function snapshotKeys(snapshot: StoreSnapshot): AsyncGenerator<RecordKey> {
   return snapshotItems<RecordKey>(snapshot, {
-    put: (rawKey, _fields, rev) => ({ rev, kind: 'put', rawKey }),
+    put: (rawKey, fields, rev) => ({ rev: shownRevision(fields, rev), kind: 'put', rawKey }),
     delete: (rawKey, rev) => ({ rev, kind: 'delete', rawKey }),
   });
 }
@@ -305,9 +301,7 @@ export interface RevisionDetail extends HistoryEntry {
 }
 
 export async function describeRevision(snapshot: StoreSnapshot, rev: number): Promise<RevisionDetail> {
-  if (!Number.isInteger(rev) || rev < 0 || rev >= snapshot.total) {
-    throw new RevisionOutOfRangeError(snapshot.dir, rev, snapshot.total);
-  }
+  assertRevision(snapshot.dir, rev, snapshot);
   const copies = new CopyDetector();
   let found: { record: RawRecord; copyOf: number | undefined } | undefined;
   let lastRevOfKey = rev;

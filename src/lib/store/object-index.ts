@@ -69,6 +69,11 @@ export interface PutFields {
   /** Write time in ms since the epoch, 0 when unknown. */
   modifiedMs: number;
   etag: string | undefined;
+  /**
+   * The put's own revision when it stands for an object kept from before a compacted history's
+   * start (its version id); -1 on every other record.
+   */
+  keptRevision: number;
 }
 
 /** Metadata (latin1) alone, as most objects have it, or with an ETag. */
@@ -316,6 +321,24 @@ export class ObjectIndex {
     if (this.blocks[slot] !== entry.block || this.offsets[slot] !== entry.offset || this.sizes[slot] !== entry.size) return;
     this.md5s.set(Buffer.from(md5, 'hex'), 16 * slot);
     this.hasMd5[slot] = 1;
+  }
+
+  /**
+   * Moves objects whose bytes were copied elsewhere (compaction): `moved` gives the new block
+   * and offset of a (block, offset) pair, or undefined when the object stays where it is.
+   */
+  relocate(moved: (block: number, offset: number) => { block: number; offset: number } | undefined): number {
+    this.assertNotBulk();
+    let count = 0;
+    for (const slot of this.tree.values()) {
+      if (this.sizes[slot] === 0) continue;
+      const to = moved(this.blocks[slot]!, this.offsets[slot]!);
+      if (!to) continue;
+      this.blocks[slot] = to.block;
+      this.offsets[slot] = to.offset;
+      count++;
+    }
+    return count;
   }
 
   /** Entries with raw key >= `from`, in order. */

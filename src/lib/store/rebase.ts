@@ -11,7 +11,6 @@ import { writeNextDb, writeWholeDb } from './db-file.js';
 import { DigestMismatchError, StoreCorruptError, StoreError } from './errors.js';
 import { JOURNAL_FILE, dbFileName, listStore } from './files.js';
 import {
-  RevisionOutOfRangeError,
   type StoreSnapshot,
   assertStoreDirectory,
   closeSnapshot,
@@ -22,7 +21,7 @@ import {
 import { JournalWriter } from './journal.js';
 import { DirectoryLock } from './lock.js';
 import { fromRawKey } from './object-index.js';
-import { locationProblem } from './recovery.js';
+import { assertRevision, locationProblem } from './recovery.js';
 import { LocalStorage } from './storage/local.js';
 import type { Storage } from './storage/storage.js';
 import { type Store, openStore } from './store.js';
@@ -94,7 +93,7 @@ export async function rebaseInPlace(dir: string, to: number, opts: RebaseInPlace
   try {
     const snapshot = await readSnapshot(dir);
     try {
-      if (!Number.isInteger(to) || to < 0 || to >= snapshot.total) throw new RevisionOutOfRangeError(dir, to, snapshot.total);
+      assertRevision(dir, to, snapshot);
       const summary = await planRebase(snapshot, to, opts.dryRun === true);
       if (opts.dryRun) return summary;
       summary.done = await rewriteDb(snapshot, to, summary.nextBlockId, opts.now ?? new Date(), opts.storage ?? new LocalStorage(dir));
@@ -214,7 +213,7 @@ async function rewriteDb(
   await (await JournalWriter.create(storage, to + 1, [], true)).close();
   // 3. The rebased db replaces it. Records are copied as they are on disk: nothing the original
   //    or zipkv stored is re-encoded.
-  slot = await writeWholeDb(storage, slot, snapshotPayloads(snapshot, to + 1), nextBlockId, true);
+  slot = (await writeWholeDb(storage, slot, snapshotPayloads(snapshot, to + 1), nextBlockId, true, snapshot.firstRevision)).slot;
 
   const newDb = path.join(dir, dbFileName(slot));
   const undo = [`rm ${shellQuote(path.resolve(newDb))}`];
@@ -305,9 +304,7 @@ export async function rebaseInto(src: string, dst: string, opts: RebaseIntoOptio
     await closeSnapshot(snapshot);
   }
   const revision = opts.revision ?? snapshot.total - 1;
-  if (opts.revision !== undefined && (!Number.isInteger(revision) || revision < 0 || revision >= snapshot.total)) {
-    throw new RevisionOutOfRangeError(src, revision, snapshot.total);
-  }
+  if (opts.revision !== undefined) assertRevision(src, revision, snapshot);
   const created = await prepareDestination(dst);
   const source = await openSourceAt(src, revision, expected);
   let ok = false;

@@ -15,7 +15,7 @@
  */
 import { createHash } from 'node:crypto';
 import { currentDbSlot } from './db-file.js';
-import { StoreCorruptError } from './errors.js';
+import { RevisionOutOfRangeError, StoreCorruptError } from './errors.js';
 import { JOURNAL_FILE, blockFileName, dbFileName, listStore } from './files.js';
 import { type JournalContents, SYNCED_WITH_JOURNAL_MAX, readJournal } from './journal.js';
 import { type PutFields, fromRawKey } from './object-index.js';
@@ -43,8 +43,16 @@ export interface RecoveredHistory {
   dbName: string | undefined;
   /** The db, still open, when asked for (`keepDb`): it stays readable if a checkpoint replaces it. */
   db: ReadableFile | undefined;
-  /** Records in the db (all of them, also past `limit`). */
+  /** The revision after the db's last record (all of them, also past `limit`). */
   dbRecords: number;
+  /** The revision of the db's first record: not 0 once compaction moved the history's start. */
+  firstRevision: number;
+  /**
+   * The first revision whose whole history is kept; the records before it (from
+   * `firstRevision`) stand for the objects live at that point. The oldest state one can open
+   * is the one after revision historyStart - 1.
+   */
+  historyStart: number;
   /** The db's next_backend_file. */
   dbNextBlockId: number;
   dbCompressedSize: number;
@@ -59,6 +67,21 @@ export interface RecoveredHistory {
   /** db slots other than the current one (a crash between writing a db and removing the older). */
   staleDbSlots: number[];
   warnings: string[];
+}
+
+/**
+ * The oldest revision a store can be opened at (or rebased to): 0 for a full history; for a
+ * compacted one, the revision before its start, whose state is the records kept for it.
+ */
+export function oldestRevision(h: { historyStart: number }): number {
+  return Math.max(0, h.historyStart - 1);
+}
+
+/** Throws RevisionOutOfRangeError unless the history holds `revision`. */
+export function assertRevision(dir: string, revision: number, history: { total: number; historyStart: number }): void {
+  if (!Number.isInteger(revision) || revision < oldestRevision(history) || revision >= history.total) {
+    throw new RevisionOutOfRangeError(dir, revision, history);
+  }
 }
 
 /** Why a put's location cannot be served from these blocks, or undefined when it can. */
@@ -126,6 +149,8 @@ export async function recoverHistory(storage: Storage, opts: RecoveryOptions = {
   const dbName = dbSlot === undefined ? undefined : dbFileName(dbSlot);
   let db: ReadableFile | undefined;
   let dbRecords = 0;
+  let firstRevision = 0;
+  let historyStart = 0;
   let dbNextBlockId = 0;
   let dbCompressedSize = 0;
   if (dbName) {
@@ -167,6 +192,8 @@ export async function recoverHistory(storage: Storage, opts: RecoveryOptions = {
         limit,
       );
       dbRecords = replayed.records;
+      firstRevision = replayed.firstRevision;
+      historyStart = replayed.historyStart;
       dbNextBlockId = replayed.nextBlockId;
     } catch (err) {
       await db.close();
@@ -278,6 +305,8 @@ export async function recoverHistory(storage: Storage, opts: RecoveryOptions = {
     dbName,
     db,
     dbRecords,
+    firstRevision,
+    historyStart,
     dbNextBlockId,
     dbCompressedSize,
     journalPayloads,

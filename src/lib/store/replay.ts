@@ -28,7 +28,7 @@ export interface ReplayHandler {
 }
 
 function emptyFields(): PutFields {
-  return { block: 0, offset: 0, size: 0, meta: undefined, buf: Buffer.alloc(0), md5At: -1, modifiedMs: 0, etag: undefined };
+  return { block: 0, offset: 0, size: 0, meta: undefined, buf: Buffer.alloc(0), md5At: -1, modifiedMs: 0, etag: undefined, keptRevision: -1 };
 }
 
 /** A Location of its own, copied out of the reused fields. */
@@ -58,7 +58,7 @@ export function decodeRecord(payload: Uint8Array, where: string, rev: number, ha
 export function decodeRawRecord(payload: Uint8Array, where: string, rev: number): RawRecord {
   let result: RawRecord | undefined;
   decodeRecord(payload, where, rev, {
-    put: (rawKey, f) => (result = { kind: 'put', rawKey, location: locationOf(f) }),
+    put: (rawKey, f) => (result = f.keptRevision >= 0 ? { kind: 'put', rawKey, location: locationOf(f), revision: f.keptRevision } : { kind: 'put', rawKey, location: locationOf(f) }),
     delete: (rawKey, _rev, _bytes, modifiedMs) => (result = modifiedMs ? { kind: 'delete', rawKey, modifiedMs } : { kind: 'delete', rawKey }),
   });
   return result!;
@@ -183,8 +183,20 @@ function peekVarint(buf: Buffer, pos: number, out: { pos: number }): number {
  */
 export class DbReplayer {
   nextBlockId = 0;
-  /** Records seen (also past `limit`). */
+  /** The revision after the last record seen (also past `limit`): first_revision + records. */
   records = 0;
+  /** The revision of the first record (Db.first_revision: not 0 in a compacted history). */
+  firstRevision = 0;
+  /**
+   * The first revision whose whole history is kept: the records before it stand for the
+   * objects live at that point (each carries its own revision).
+   */
+  get historyStart(): number {
+    return this.firstRevision + this.keptCount;
+  }
+  /** Records seen, and how many of the first ones carry their own revision. */
+  private seen = 0;
+  private keptCount = 0;
   private carry: Buffer | undefined;
   private readonly fields: PutFields = emptyFields();
   private readonly bytes: RecordBytes = { buf: Buffer.alloc(0), start: 0, end: 0 };
@@ -208,9 +220,9 @@ export class DbReplayer {
   }
 
   /** The stream ended: a field left incomplete is a truncated db. */
-  finish(): { nextBlockId: number; records: number } {
+  finish(): DbSummary {
     if (this.carry) throw this.corrupt(new RangeError(`the last ${this.carry.length} bytes are an incomplete field`));
-    return { nextBlockId: this.nextBlockId, records: this.records };
+    return { nextBlockId: this.nextBlockId, records: this.records, firstRevision: this.firstRevision, historyStart: this.historyStart };
   }
 
   corrupt(err: unknown): StoreCorruptError {
@@ -237,18 +249,47 @@ export class DbReplayer {
         if (len === INCOMPLETE || next.pos + len > buf.length) break;
         end = next.pos + len;
         if (field === 3) {
-          if (this.records < this.limit) {
+          // Past `limit`, a record is decoded only while the kept run may go on (to find where
+          // the full history starts), and not handed over.
+          if (this.records < this.limit || this.seen === this.keptCount) {
             bytes.start = next.pos;
             bytes.end = end;
-            record(inner, next.pos, end, this.fields, this.where, this.records, this.handler, bytes);
+            this.fields.keptRevision = -1;
+            if (this.records < this.limit) record(inner, next.pos, end, this.fields, this.where, this.records, this.handler, bytes);
+            else {
+              // Records past the limit are not checked: one that does not decode ends the run.
+              try {
+                record(inner, next.pos, end, this.fields, this.where, this.records, IGNORE, bytes);
+              } catch {
+                this.fields.keptRevision = -1;
+              }
+            }
+            if (this.fields.keptRevision >= 0) {
+              if (this.seen !== this.keptCount) {
+                throw new StoreCorruptError(`${this.where}: revision ${this.records} carries its own revision, but follows the history's start`);
+              }
+              this.keptCount++;
+            }
           }
           this.records++;
+          this.seen++;
         }
       } else if (wireType === 0) {
+        const tagEnd = next.pos;
         const value = peekVarint(buf, next.pos, next);
         if (value === INCOMPLETE) break;
         end = next.pos;
         if (field === 2) this.nextBlockId = ((value >>> 1) ^ -(value & 1)) | 0;
+        else if (field === 4) {
+          if (this.seen > 0) throw new StoreCorruptError(`${this.where}: first_revision comes after records`);
+          const c = new Cursor(buf, end);
+          c.pos = tagEnd;
+          this.firstRevision = c.sint64();
+          if (!Number.isSafeInteger(this.firstRevision) || this.firstRevision < 0) {
+            throw new StoreCorruptError(`${this.where}: first_revision ${this.firstRevision} is not a revision`);
+          }
+          this.records = this.firstRevision;
+        }
       } else if (wireType === 1 || wireType === 5) {
         end = next.pos + (wireType === 1 ? 8 : 4);
         if (end > buf.length) break;
@@ -270,11 +311,22 @@ export class DbReplayer {
   }
 }
 
+/** What replaying a whole db tells besides its records. */
+export interface DbSummary {
+  nextBlockId: number;
+  /** The revision after the last record. */
+  records: number;
+  firstRevision: number;
+  historyStart: number;
+}
+
+const IGNORE: ReplayHandler = { put() {}, delete() {} };
+
 /**
  * Replays the history in `buf` (a whole Db message) up to `limit` records. Returns the last
  * next_backend_file seen and the number of records in the message.
  */
-export function replayDb(buf: Buffer, where: string, handler: ReplayHandler, limit = Infinity): { nextBlockId: number; records: number } {
+export function replayDb(buf: Buffer, where: string, handler: ReplayHandler, limit = Infinity): DbSummary {
   const replayer = new DbReplayer(where, handler, limit);
   replayer.push(buf);
   return replayer.finish();
@@ -289,7 +341,7 @@ export async function replayDbStream(
   where: string,
   handler: ReplayHandler,
   limit = Infinity,
-): Promise<{ nextBlockId: number; records: number }> {
+): Promise<DbSummary> {
   const replayer = new DbReplayer(where, handler, limit);
   const gunzip = zlib.createGunzip({ chunkSize: READ_CHUNK });
   source.on('error', (err) => gunzip.destroy(err));
@@ -342,6 +394,8 @@ function part(c: Cursor, start: number, end: number, isPut: boolean, f: PutField
   let locStart = -1;
   let locEnd = -1;
   if (!isPut) f.modifiedMs = 0;
+  // The last part wins, its revision (or none) with it.
+  f.keptRevision = -1;
   while (c.pos < end) {
     const tag = c.uint32();
     const field = tag >>> 3;
@@ -351,6 +405,9 @@ function part(c: Cursor, start: number, end: number, isPut: boolean, f: PutField
     } else if (isPut && field === 2 && (tag & 7) === 2) {
       locStart = c.lengthDelimited();
       locEnd = c.pos;
+    } else if (isPut && field === 3 && (tag & 7) === 0) {
+      f.keptRevision = c.sint64();
+      if (!Number.isSafeInteger(f.keptRevision) || f.keptRevision < 0) throw new StoreCorruptError(`${where}: revision ${rev} carries ${f.keptRevision}, not a revision`);
     } else if (!isPut && field === 2 && (tag & 7) === 0) {
       f.modifiedMs = c.sint64();
     } else c.skip(tag & 7);

@@ -6,6 +6,7 @@
  *   reads.ts       head, list, read
  *   writes.ts      put, copy, delete and the group commit (where a write is acknowledged)
  *   checkpoint.ts  folding the journal into the next db slot, beside the writes
+ *   compaction.ts  forgetting history older than the retention window, giving back block space
  *   staging.ts     bodies kept aside: spooled bodies of unknown size, multipart parts
  *   versions.ts    every record as a version of its key, its revision as version id
  *   storage/       the files themselves, behind one small interface
@@ -18,11 +19,23 @@ import { BodyCache } from './body-cache.js';
 import type { Body } from './body.js';
 import { DEFAULT_CHECKPOINT_BYTES, HistoryLog } from './checkpoint.js';
 import { FailureLatch, StoreError, StoreFailedError, StoreStateError, durably } from './errors.js';
-import { DEFAULT_BLOCK_SIZE, MAX_OBJECT_SIZE } from './files.js';
+import {
+  type CompactedDb,
+  type CompactionPlan,
+  type CompactionProgress,
+  DEFAULT_COMPACTION_BYTES_PER_SECOND,
+  DEFAULT_REWRITE_BELOW,
+  copyNeededBytes,
+  planCompaction,
+  relocateRecord,
+  relocated,
+  writeCompactedDb,
+} from './compaction.js';
+import { DEFAULT_BLOCK_SIZE, JOURNAL_FILE, MAX_OBJECT_SIZE, blockFileName } from './files.js';
 import { DirectoryLock } from './lock.js';
 import { type IndexEntry, ObjectIndex } from './object-index.js';
 import { type ListOptions, type ListResult, type ObjectInfo, ObjectReader } from './reads.js';
-import { recoverHistory } from './recovery.js';
+import { assertRevision, recoverHistory } from './recovery.js';
 import { type StageOptions, type StagedBody, Staging } from './staging.js';
 import { LocalStorage } from './storage/local.js';
 import type { Storage } from './storage/storage.js';
@@ -31,6 +44,7 @@ import { type Version, VersionIndex, type VersionList, type VersionListOptions }
 
 export type { ListOptions, ListResult, ObjectInfo } from './reads.js';
 export type { PutOptions } from './writes.js';
+export type { CompactionProgress } from './compaction.js';
 export type { StagedBody, StageOptions } from './staging.js';
 export type { Version, VersionList, VersionListOptions } from './versions.js';
 
@@ -51,7 +65,46 @@ export interface OpenOptions {
   onFailure?: (failure: StoreFailedError) => void;
   /** Where the files are (default: the local directory `dir`); tests inject faults here. */
   storage?: Storage;
+  /**
+   * Retention: operations older than this many ms may be forgotten, and background compactions
+   * give their space back. Undefined (the default) keeps the whole history.
+   */
+  keepHistoryMs?: number;
+  /** Background compaction: how often it looks for work, and how fast it copies. */
+  compaction?: { intervalMs?: number; bytesPerSecond?: number; rewriteBelow?: number };
+  /** Told of each background compaction that changed something. */
+  onCompaction?: (result: CompactionResult) => void;
 }
+
+export interface CompactOptions {
+  /** Operations older than now minus this are forgotten. */
+  keepHistoryMs: number;
+  /** Copy throttle in bytes per second (0: none). */
+  bytesPerSecond?: number;
+  rewriteBelow?: number;
+  /** Skip the db rewrite when no block space comes back and fewer records than this would be forgotten. */
+  minForgottenRecords?: number;
+  onProgress?: (progress: CompactionProgress) => void;
+}
+
+/** What a compaction did. */
+export interface CompactionResult {
+  /** Where the history now begins (the oldest revision one can open is the one before). */
+  historyStart: number;
+  forgottenRecords: number;
+  /** Records that stand for the objects kept from before the history's start. */
+  keptRecords: number;
+  blocksRewritten: number;
+  blocksDeleted: number;
+  bytesRead: number;
+  bytesWritten: number;
+  bytesFreed: number;
+  durationMs: number;
+}
+
+/** Reads that looked an object up before compaction moved it may still use its old block this long. */
+const RETIRE_GRACE_MS = 15_000;
+const DEFAULT_COMPACTION_INTERVAL_MS = 10_000;
 
 export interface StoreStats {
   /** The last revision (-1 for an empty history). */
@@ -64,6 +117,8 @@ export interface StoreStats {
   dbSlot: number | undefined;
   /** Why writes are stopped, if they are. */
   failure: string | undefined;
+  /** The first revision whose whole history is kept (0 until compaction forgets some). */
+  historyStart: number;
   /** Memory held for small bodies waiting for their commit (bounded). */
   heldBodyBytes: number;
   /** Memory of the cache of small bodies (bounded). */
@@ -94,8 +149,14 @@ export class Store {
   private readonly warn: (message: string) => void;
   private parts: WriterParts | undefined;
   private versionIndex: Promise<VersionIndex> | undefined;
+  /** Counts compactions that changed the history, so a version index built across one is built again. */
+  private historyGeneration = 0;
+  private compacting: Promise<CompactionResult | undefined> | undefined;
+  private compactionTimer: NodeJS.Timeout | undefined;
   /** Records in the history (of a read-only view: up to its revision). */
   private recordCount = 0;
+  /** The first revision whose whole history is kept (see RecoveredHistory). */
+  private historyStart = 0;
   private inFlight = 0;
   private idle: (() => void) | undefined;
   private closed = false;
@@ -153,12 +214,8 @@ export class Store {
     for (const warning of recovered.warnings) this.warn(warning);
     for (const [id, info] of recovered.blocks) this.blockTimes.set(id, Math.floor(info.mtimeMs / 1000));
     this.recordCount = Math.min(recovered.total, limit);
-    if (opts.revision !== undefined && opts.revision >= recovered.total) {
-      throw new StoreError(
-        'ERANGE',
-        `${this.dir}: revision ${opts.revision} does not exist (the history has ${recovered.total} records, 0..${recovered.total - 1})`,
-      );
-    }
+    this.historyStart = recovered.historyStart;
+    if (opts.revision !== undefined) assertRevision(this.dir, opts.revision, recovered);
     if (!lock) return;
     await this.storage.clearScratch();
     const blocks = new BlockWriter(this.storage, this.blockSize, recovered.nextBlockId, this.warn);
@@ -169,6 +226,7 @@ export class Store {
     const syncDir = () => durably(this.storage.root, 'fsync', () => this.storage.syncDir());
     const writer = new Writer(this.index, blocks, log, this.latch, this.durable, syncDir, this.warn, this.cache);
     this.parts = { lock, blocks, log, writer, staging: new Staging(this.storage) };
+    if (opts.keepHistoryMs !== undefined) this.scheduleCompactions(opts.keepHistoryMs, opts);
   }
 
   /** The last revision: the one `history` shows last and `rebase --to` takes (-1 when empty). */
@@ -196,6 +254,7 @@ export class Store {
       journalBytes: parts?.log.journalBytes ?? 0,
       dbSlot: parts?.log.currentDbSlot,
       failure: this.latch.failure?.message,
+      historyStart: parts?.log.historyStart ?? this.historyStart,
       heldBodyBytes: parts?.writer.heldBodyBytes ?? 0,
       cachedBodyBytes: this.cache.size,
     };
@@ -266,9 +325,12 @@ export class Store {
     parts.writer.onCommit = (records) => void queued.push(...records);
     let index: VersionIndex;
     for (let attempt = 1; ; attempt++) {
+      const generation = this.historyGeneration;
       try {
         index = await VersionIndex.build(this.storage, parts.log.view());
-        break;
+        // A compaction moved bytes or forgot records meanwhile: read the history again.
+        if (generation === this.historyGeneration) break;
+        queued.length = 0;
       } catch (err) {
         // A checkpoint replaced the db between looking at it and opening it.
         if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt === 5) throw err;
@@ -352,10 +414,155 @@ export class Store {
     return this.writing((parts) => parts.writer.checkpoint());
   }
 
+  // ---------------------------------------------------------------- compaction
+
+  /**
+   * Forgets operations older than `opts.keepHistoryMs` and gives back the space of bytes no kept
+   * record needs, while writes go on (see compaction.ts). Undefined when there was nothing to do.
+   */
+  compact(opts: CompactOptions): Promise<CompactionResult | undefined> {
+    return this.writing(async (parts) => {
+      // One at a time: a second caller waits for the running one, then looks again.
+      while (this.compacting) await this.compacting.catch(() => undefined);
+      const run = this.compactWith(parts, opts);
+      this.compacting = run;
+      try {
+        return await run;
+      } finally {
+        this.compacting = undefined;
+      }
+    });
+  }
+
+  private async compactWith(parts: WriterParts, opts: CompactOptions): Promise<CompactionResult | undefined> {
+    const started = Date.now();
+    const storage = this.storage;
+    const progress = opts.onProgress ?? (() => undefined);
+    const stopIfClosing = () => {
+      if (this.closed) throw new StoreStateError(`${this.dir} is closing: compaction stopped`);
+    };
+    progress({ phase: 'planning', done: 0, total: 1 });
+    const historyStartBefore = parts.log.historyStart;
+    let plan: CompactionPlan | undefined;
+    for (let attempt = 1; !plan; attempt++) {
+      try {
+        plan = await planCompaction(storage, parts.log.view(), {
+          cutoffMs: Date.now() - opts.keepHistoryMs,
+          rewriteBelow: opts.rewriteBelow ?? DEFAULT_REWRITE_BELOW,
+          sealedBelow: parts.blocks.nextBlockId,
+          isLive: (id) => parts.blocks.isLive(id),
+        });
+      } catch (err) {
+        // A checkpoint replaced the db between looking at it and opening it.
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt === 5) throw err;
+      }
+    }
+    const reclaims = plan.rewrite.size > 0 || plan.unneeded.length > 0;
+    if (!reclaims && plan.forgottenRecords < Math.max(1, opts.minForgottenRecords ?? 1)) return undefined;
+    stopIfClosing();
+
+    const copy = await copyNeededBytes(storage, plan.rewrite, {
+      allocateId: () => parts.blocks.allocateId(),
+      blockSize: this.blockSize,
+      bytesPerSecond: opts.bytesPerSecond ?? DEFAULT_COMPACTION_BYTES_PER_SECOND,
+      durable: this.durable,
+      onProgress: (done, total) => {
+        stopIfClosing();
+        progress({ phase: 'copying', done, total });
+      },
+    });
+    const { relocation } = copy;
+    // The db then holds every record acknowledged so far, and the journal continues it exactly.
+    await parts.writer.checkpoint();
+    progress({ phase: 'writing the db', done: 0, total: 1 });
+    let compacted: CompactedDb | undefined;
+    let deleted: number[] = [];
+    await parts.writer.run({
+      background: async () => {
+        const db = parts.log.compactableDb();
+        if (!db) throw new StoreStateError(`${this.dir}: a checkpoint is half done; compaction is left for later`);
+        compacted = await writeCompactedDb(storage, db, Math.min(plan.horizon, db.end), relocation, this.durable);
+        parts.log.installCompacted(compacted);
+      },
+      between: async () => {
+        const referenced = compacted!.referenced;
+        const where = `${storage.root}/${JOURNAL_FILE}`;
+        await parts.log.rewriteJournal((payload, rev) => {
+          const moved = relocateRecord(payload, relocation, where, rev);
+          if (moved.block !== undefined) referenced.add(moved.block);
+          return moved.payload;
+        });
+        // Db and journal now refer to the copies only, durably: the index follows, and blocks
+        // no record uses can go (not one a write may still use).
+        if (relocation.size > 0) this.index.relocate((block, offset) => relocated(relocation, block, offset));
+        this.historyGeneration++;
+        this.versionIndex = undefined;
+        parts.writer.onCommit = undefined;
+        deleted = [...plan.unneeded, ...plan.rewrite.keys()].filter((id) => !referenced.has(id) && !parts.blocks.isLive(id));
+        parts.writer.noteMoved(relocation, deleted);
+      },
+    });
+    progress({ phase: 'deleting', done: 0, total: deleted.length });
+    let bytesFreed = 0;
+    if (deleted.length > 0) {
+      await this.blockReader.retire(deleted, RETIRE_GRACE_MS);
+      for (const [i, id] of deleted.entries()) {
+        bytesFreed += (await storage.stat(blockFileName(id)))?.size ?? 0;
+        await storage.remove(blockFileName(id));
+        progress({ phase: 'deleting', done: i + 1, total: deleted.length });
+      }
+      if (this.durable) await durably(storage.root, 'fsync', () => storage.syncDir());
+    }
+    bytesFreed -= copy.bytesCopied;
+    return {
+      historyStart: compacted!.historyStart,
+      forgottenRecords: Math.max(0, compacted!.historyStart - historyStartBefore),
+      keptRecords: compacted!.keptRecords,
+      blocksRewritten: plan.rewrite.size,
+      blocksDeleted: deleted.length,
+      bytesRead: copy.bytesCopied,
+      bytesWritten: copy.bytesCopied,
+      bytesFreed,
+      durationMs: Date.now() - started,
+    };
+  }
+
+  /** Background compactions every interval (longer when one takes long), while the store is open. */
+  private scheduleCompactions(keepHistoryMs: number, opts: OpenOptions): void {
+    const base = opts.compaction?.intervalMs ?? DEFAULT_COMPACTION_INTERVAL_MS;
+    const arm = (delay: number) => {
+      this.compactionTimer = setTimeout(() => {
+        this.compactionTimer = undefined;
+        if (this.closed || this.latch.failure) return;
+        const started = Date.now();
+        this.compact({
+          keepHistoryMs,
+          bytesPerSecond: opts.compaction?.bytesPerSecond,
+          rewriteBelow: opts.compaction?.rewriteBelow,
+          // A db rewrite only to forget a few records is not worth it.
+          minForgottenRecords: 1000,
+        }).then(
+          (result) => {
+            if (result) opts.onCompaction?.(result);
+          },
+          (err: Error) => {
+            if (!this.closed && !(err instanceof StoreFailedError)) this.warn(`compaction failed (tried again later): ${err.message}`);
+          },
+        ).finally(() => {
+          // At most about a tenth of the time goes to looking for work.
+          if (!this.closed) arm(Math.max(base, 10 * (Date.now() - started)));
+        });
+      }, delay);
+      this.compactionTimer.unref();
+    };
+    arm(base);
+  }
+
   /** Writes a checkpoint (unless writes are stopped), closes the open block and releases the directory. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    if (this.compactionTimer) clearTimeout(this.compactionTimer);
     const parts = this.parts;
     try {
       if (parts) {

@@ -1,7 +1,8 @@
 /**
  * Versions: every record of the history is a version of its key, and its revision is its
  * version id (the number `zipkv history` prints and `rebase --to` takes). A put is a version
- * with bytes; a delete is a delete marker. The index of versions is built on first use, by
+ * with bytes; a delete is a delete marker. In a compacted history, the records that stand for
+ * the objects kept from before its start carry their own revision, which stays their id. The index of versions is built on first use, by
  * streaming the db and the records after it, and then kept up to date by every commit.
  */
 import BTreeModule from 'sorted-btree';
@@ -67,13 +68,18 @@ const DELETED = 1;
 const HAS_MD5 = 2;
 
 /**
- * The facts of every version, in typed-array columns by revision (an object per version would
- * cost several times the memory on a long history); entries are made when asked for.
+ * The facts of every version, in typed-array columns by slot, a record's place in the history
+ * (an object per version would cost several times the memory on a long history); entries are
+ * made when asked for.
  */
 export class VersionIndex {
-  /** Raw key -> its revisions, oldest first. */
+  /** Raw key -> its version ids, oldest first. */
   private readonly byKey = new BTree<string, number[]>(undefined, compareRaw);
-  private count = 0;
+  /** The revision of slot 0, and the slots used. */
+  private first = 0;
+  private used = 0;
+  /** Version id -> slot for the records kept from before a compacted history's start. */
+  private readonly keptSlots = new Map<number, number>();
   private flags = new Uint8Array(1024);
   private blocks = new Int32Array(1024);
   private offsets = new Int32Array(1024);
@@ -81,7 +87,7 @@ export class VersionIndex {
   /** A put's write time, a delete's time: ms since the epoch, 0 when unknown. */
   private times = new Float64Array(1024);
   private md5s = new Uint8Array(16 * 1024);
-  /** Revision -> metadata (latin1) and ETag, for the versions that have them. */
+  /** Slot -> metadata (latin1) and ETag, for the versions that have them. */
   private readonly extras = new Map<number, { meta: string | undefined; etag: string | undefined }>();
 
   /** Reads the whole history of `view` into a new index. */
@@ -93,7 +99,7 @@ export class VersionIndex {
         const where = `${storage.root}/${view.dbName}`;
         for await (const _ of replayDbRecords(fileStream(db), where, {
           put: (rawKey, f, rev) => {
-            const slot = index.slot(rev, rawKey);
+            const slot = index.slot(rev, rawKey, f.keptRevision >= 0 ? f.keptRevision : rev);
             if (slot < 0) return;
             index.setPut(slot, f.block, f.offset, f.size, f.modifiedMs, f.meta, f.etag);
             if (f.md5At >= 0) {
@@ -110,19 +116,19 @@ export class VersionIndex {
     let rev = view.records - view.tail.length;
     for (const payload of view.tail) {
       const record = decodeRawRecord(payload, `${storage.root} (journal)`, rev);
-      index.add(rev++, record.rawKey, record.kind === 'put' ? IndexEntry.fromLocation(record.location) : (record.modifiedMs ?? 0));
+      index.add(rev++, record.rawKey, record.kind === 'put' ? IndexEntry.fromLocation(record.location) : (record.modifiedMs ?? 0), record.kind === 'put' ? record.revision : undefined);
     }
     return index;
   }
 
-  /** Records in the index (the next revision it expects). */
+  /** The next revision it expects. */
   get size(): number {
-    return this.count;
+    return this.first + this.used;
   }
 
   /** Adds the version written by `revision`: a put's entry, or a delete's time in ms (0: unknown). */
-  add(revision: number, rawKey: string, version: IndexEntry | number): void {
-    const slot = this.slot(revision, rawKey);
+  add(revision: number, rawKey: string, version: IndexEntry | number, keptRevision?: number): void {
+    const slot = this.slot(revision, rawKey, keptRevision ?? revision);
     if (slot < 0) return;
     if (typeof version === 'number') {
       this.flags[slot] = DELETED;
@@ -136,18 +142,28 @@ export class VersionIndex {
     }
   }
 
-  /** The slot of a new revision (revisions come in order, each once), or -1 for one already in. */
-  private slot(revision: number, rawKey: string): number {
-    if (revision !== this.count) {
-      if (revision < this.count) return -1; // read from the history, then told of its commit
-      throw new Error(`version index: revision ${revision} after ${this.count - 1}`);
+  /**
+   * The slot of a new record (records come in order, each once), or -1 for one already in.
+   * `id` is its version id: its revision, or the one a kept record carries.
+   */
+  private slot(revision: number, rawKey: string, id: number): number {
+    if (this.used === 0 && this.first === 0) this.first = revision;
+    if (revision !== this.first + this.used) {
+      if (revision < this.first + this.used) return -1; // read from the history, then told of its commit
+      throw new Error(`version index: revision ${revision} after ${this.first + this.used - 1}`);
     }
-    if (this.count === this.flags.length) this.grow();
+    if (this.used === this.flags.length) this.grow();
     let list = this.byKey.get(rawKey);
     if (!list) this.byKey.set(rawKey, (list = []));
-    list.push(revision);
-    this.flags[revision] = 0;
-    return this.count++;
+    list.push(id);
+    const slot = this.used++;
+    if (id !== revision) this.keptSlots.set(id, slot);
+    this.flags[slot] = 0;
+    return slot;
+  }
+
+  private slotOf(id: number): number {
+    return this.keptSlots.get(id) ?? id - this.first;
   }
 
   private setPut(slot: number, block: number, offset: number, size: number, ms: number, meta: string | undefined, etag: string | undefined): void {
@@ -175,19 +191,20 @@ export class VersionIndex {
 
   /** Version `revision` of `key`; undefined when that revision is not a version of that key. */
   get(key: string, revision: number): Version | undefined {
-    if (!Number.isSafeInteger(revision) || revision < 0 || revision >= this.count) return undefined;
+    if (!Number.isSafeInteger(revision) || revision < 0 || revision >= this.size) return undefined;
     const list = this.byKey.get(toRawKey(key));
     if (!list || !sortedHas(list, revision)) return undefined;
     return this.version(key, revision, list[list.length - 1] === revision);
   }
 
   private version(key: string, revision: number, isLatest: boolean): Version {
-    const flags = this.flags[revision]!;
-    const ms = this.times[revision]!;
+    const slot = this.slotOf(revision);
+    const flags = this.flags[slot]!;
+    const ms = this.times[slot]!;
     if (flags & DELETED) return ms ? { key, revision, entry: undefined, isLatest, deletedAt: new Date(ms) } : { key, revision, entry: undefined, isLatest };
-    const extra = this.extras.get(revision);
-    const md5 = flags & HAS_MD5 ? Buffer.from(this.md5s.subarray(16 * revision, 16 * revision + 16)).toString('hex') : undefined;
-    const entry = new IndexEntry(this.blocks[revision]!, this.offsets[revision]!, this.sizes[revision]!, extra?.meta, md5, Math.floor(ms / 1000), extra?.etag);
+    const extra = this.extras.get(slot);
+    const md5 = flags & HAS_MD5 ? Buffer.from(this.md5s.subarray(16 * slot, 16 * slot + 16)).toString('hex') : undefined;
+    const entry = new IndexEntry(this.blocks[slot]!, this.offsets[slot]!, this.sizes[slot]!, extra?.meta, md5, Math.floor(ms / 1000), extra?.etag);
     return { key, revision, entry, isLatest };
   }
 

@@ -24,7 +24,7 @@ import type { BlockWriter, OpenBlock, Reservation } from './blocks.js';
 import { type BodyCache, CACHED_BODY_MAX } from './body-cache.js';
 import { type Body, BodyCheck, writePieces } from './body.js';
 import type { HistoryLog } from './checkpoint.js';
-import { BodySizeMismatchError, DurabilityError, type FailureLatch, ObjectTooLargeError } from './errors.js';
+import { BodySizeMismatchError, DurabilityError, type FailureLatch, ObjectTooLargeError, VersionForgottenError } from './errors.js';
 import { MAX_OBJECT_SIZE } from './files.js';
 import { MAX_COMMIT_RECORDS, SYNCED_WITH_JOURNAL_MAX } from './journal.js';
 import { IndexEntry, type ObjectIndex, toRawKey } from './object-index.js';
@@ -55,6 +55,8 @@ type PendingOp = {
   reject: (err: Error) => void;
 };
 
+type NewOp = Omit<PendingOp, 'resolve' | 'reject'>;
+
 /** What a write recorded: the revision is its version id. */
 export interface Written {
   entry: IndexEntry;
@@ -75,13 +77,33 @@ interface Waiter {
   reject: (err: Error) => void;
 }
 
-/** A checkpoint under way: its db is written in the background, its journal between commits. */
-interface RunningCheckpoint {
+/**
+ * Work on the history beside the writes, one at a time: a checkpoint, or a compaction's new db.
+ * `background` starts between two commits (its synchronous start runs there, before any other
+ * commit) and runs while commits go on; `between` then runs between two commits.
+ */
+export interface HistoryJob {
+  background(): Promise<void>;
+  between(): Promise<void>;
+}
+
+interface RunningJob {
+  job: HistoryJob;
   waiters: Waiter[];
+  /** A checkpoint: its failure delays the next one (see retryAt). */
+  checkpoint: boolean;
   settled: boolean;
-  base?: number;
   error?: Error;
 }
+
+/** Where a copy's source went when compaction moved or dropped its bytes. */
+interface MovedBlock {
+  places: Map<number, { block: number; offset: number }>;
+  until: number;
+}
+
+/** How long the new places of moved bytes are remembered for copies whose source was looked up before the move. */
+const MOVED_MEMORY_MS = 10 * 60_000;
 
 /**
  * Bodies up to this size are held in memory until their commit, which writes all of a batch's
@@ -96,7 +118,9 @@ export class Writer {
   private pending: PendingOp[] = [];
   private looping: Promise<void> | undefined;
   private checkpointWaiters: Waiter[] = [];
-  private running: RunningCheckpoint | undefined;
+  private jobs: Array<{ job: HistoryJob; waiter: Waiter }> = [];
+  private running: RunningJob | undefined;
+  private readonly moved = new Map<number, MovedBlock>();
   private runningDone: Promise<void> | undefined;
   /** After a failed checkpoint, none is started for the journal's size before this time. */
   private retryAt = 0;
@@ -175,9 +199,10 @@ export class Writer {
       modifiedMs: modifiedMs ?? Date.now(),
       etag: source.etag,
     };
-    const entry = IndexEntry.fromLocation(location);
-    const revision = await this.commit({ raw: toRawKey(key), record: { kind: 'put', key, location }, entry, reservation: undefined });
-    return { entry, revision: revision! };
+    const op: NewOp = { raw: toRawKey(key), record: { kind: 'put', key, location }, entry: IndexEntry.fromLocation(location), reservation: undefined };
+    const revision = await this.commit(op);
+    // The entry the commit recorded: compaction may have moved the source meanwhile.
+    return { entry: op.entry!, revision: revision! };
   }
 
   /** Deletes `key`: the revision of its delete record, or undefined (no record) when it does not exist. */
@@ -201,6 +226,24 @@ export class Writer {
     });
   }
 
+  /** Runs `job` once no other is under way; resolves when its `between` has run. */
+  run(job: HistoryJob): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.jobs.push({ job, waiter: { resolve, reject } });
+      this.kick();
+    });
+  }
+
+  /**
+   * Compaction moved the bytes of `relocation`'s blocks and deleted `deleted` blocks: a copy
+   * whose source was looked up before that gets the new place, or fails if it has none.
+   */
+  noteMoved(relocation: Map<number, Map<number, { block: number; offset: number }>>, deleted: readonly number[]): void {
+    const until = Date.now() + MOVED_MEMORY_MS;
+    for (const [id, m] of this.moved) if (m.until < Date.now()) this.moved.delete(id);
+    for (const id of deleted) this.moved.set(id, { places: relocation.get(id) ?? new Map(), until });
+  }
+
   /** Resolves when no commit and no checkpoint is under way. */
   async settled(): Promise<void> {
     while (this.looping || this.runningDone) {
@@ -209,9 +252,13 @@ export class Writer {
     }
   }
 
-  private commit(op: Omit<PendingOp, 'resolve' | 'reject'>): Promise<number | undefined> {
+  /** Queues `op` (the very object: the commit may update its record and entry) and waits for its batch. */
+  private commit(op: NewOp): Promise<number | undefined> {
     return new Promise<number | undefined>((resolve, reject) => {
-      this.pending.push({ ...op, resolve, reject });
+      const pending = op as PendingOp;
+      pending.resolve = resolve;
+      pending.reject = reject;
+      this.pending.push(pending);
       this.kick();
     });
   }
@@ -223,7 +270,7 @@ export class Writer {
   }
 
   private hasWork(): boolean {
-    return this.pending.length > 0 || this.running?.settled === true || (!this.running && this.checkpointWaiters.length > 0);
+    return this.pending.length > 0 || this.running?.settled === true || (!this.running && (this.checkpointWaiters.length > 0 || this.jobs.length > 0));
   }
 
   private async loop(): Promise<void> {
@@ -232,9 +279,12 @@ export class Writer {
         if (this.pending.length > 0) {
           await this.commitBatch(this.pending.splice(0, MAX_COMMIT_RECORDS));
         }
-        if (this.running?.settled) await this.finishCheckpoint(this.running);
+        if (this.running?.settled) await this.finishJob(this.running);
         if (!this.running && (this.checkpointWaiters.length > 0 || (this.log.due && !this.latch.failure && Date.now() >= this.retryAt))) {
           this.startCheckpoint();
+        } else if (!this.running && this.jobs.length > 0) {
+          const { job, waiter } = this.jobs.shift()!;
+          this.startJob(job, [waiter], false);
         }
       }
     } finally {
@@ -254,6 +304,7 @@ export class Writer {
     const applied: PendingOp[] = [];
     const skipped: PendingOp[] = [];
     for (const op of batch) {
+      if (this.moved.size > 0 && !this.followMove(op)) continue;
       if (op.record.kind === 'delete') {
         const live = liveInBatch.get(op.raw) ?? this.index.has(op.raw);
         if (!live) {
@@ -298,6 +349,25 @@ export class Writer {
     for (const op of skipped) op.resolve(undefined);
   }
 
+  /**
+   * A copy whose source's bytes compaction moved after it was looked up points at their new
+   * place; one whose bytes were dropped (a forgotten version) fails. False when it failed.
+   */
+  private followMove(op: PendingOp): boolean {
+    const record = op.record;
+    if (record.kind !== 'put' || op.reservation || record.location.size === 0) return true;
+    const moved = this.moved.get(record.location.block);
+    if (!moved) return true;
+    const to = moved.places.get(record.location.offset);
+    if (!to) {
+      op.reject(new VersionForgottenError(`the source of the copy to ${record.key} is older than the history kept, and was removed meanwhile`));
+      return false;
+    }
+    record.location = { ...record.location, block: to.block, offset: to.offset };
+    op.entry = IndexEntry.fromLocation(record.location);
+    return true;
+  }
+
   /** fdatasync of the blocks a batch wrote, and of the directory if one of them is new. */
   private async syncBlocks(applied: PendingOp[]): Promise<void> {
     const blocks = [...new Set(applied.flatMap((op) => (op.reservation ? [op.reservation.block] : [])))];
@@ -311,16 +381,31 @@ export class Writer {
   }
 
   private startCheckpoint(): void {
-    const running: RunningCheckpoint = { waiters: this.checkpointWaiters, settled: false };
+    const waiters = this.checkpointWaiters;
     this.checkpointWaiters = [];
+    let base = 0;
+    this.startJob(
+      {
+        background: async () => {
+          const nextBlockId = this.blocks.roll();
+          base = await this.log.writeDb(nextBlockId);
+        },
+        between: () => this.log.replaceJournal(base),
+      },
+      waiters,
+      true,
+    );
+  }
+
+  private startJob(job: HistoryJob, waiters: Waiter[], checkpoint: boolean): void {
     if (this.latch.failure) {
-      for (const w of running.waiters) w.reject(this.latch.failure);
+      for (const w of waiters) w.reject(this.latch.failure);
       return;
     }
+    const running: RunningJob = { job, waiters, checkpoint, settled: false };
     this.running = running;
-    const nextBlockId = this.blocks.roll();
-    this.runningDone = this.log.writeDb(nextBlockId).then(
-      (base) => void (running.base = base),
+    this.runningDone = job.background().then(
+      () => undefined,
       (err: Error) => void (running.error = err),
     );
     void this.runningDone.then(() => {
@@ -329,11 +414,11 @@ export class Writer {
     });
   }
 
-  private async finishCheckpoint(running: RunningCheckpoint): Promise<void> {
+  private async finishJob(running: RunningJob): Promise<void> {
     let error = running.error ?? this.latch.failure;
     if (!error) {
       try {
-        await this.log.replaceJournal(running.base!);
+        await running.job.between();
       } catch (err) {
         error = err as Error;
       }
@@ -341,13 +426,13 @@ export class Writer {
     this.running = undefined;
     this.runningDone = undefined;
     if (error instanceof DurabilityError) error = this.latch.fail(error);
-    else if (error) {
+    else if (error && running.checkpoint) {
       // Not again at once: a disk that stays full would otherwise get a new db (and a new
       // block) at every commit. The journal still holds every write meanwhile.
       this.retryDelay = Math.min(Math.max(this.retryDelay * 2, 1000), 60_000);
       this.retryAt = Date.now() + this.retryDelay;
       this.warn(`checkpoint failed (the journal still holds every write; tried again in ${this.retryDelay / 1000} s at the earliest): ${error.message}`);
-    } else this.retryDelay = 0;
+    } else if (running.checkpoint) this.retryDelay = 0;
     for (const w of running.waiters) {
       if (error) w.reject(error);
       else w.resolve();
