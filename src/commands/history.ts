@@ -62,6 +62,12 @@ The store is read without the lock and never written, so this works on a directo
       const snapshot = await readSnapshot(dir);
       for (const warning of snapshot.warnings) this.logToStderr(`warning: ${warning}`);
       if (snapshot.total === 0) this.logToStderr(`${dir}: no history yet (an empty store)`);
+      if (snapshot.historyStart > 0) {
+        this.logToStderr(
+          `${dir}: history begins at revision ${snapshot.historyStart} (compaction forgot older operations); ` +
+            'the records shown before it are the objects live then, each under the revision that wrote it',
+        );
+      }
       try {
         if (flags.rev !== undefined) return await this.printRevision(snapshot, flags.rev, format);
         if (flags.stats) return await this.printStats(snapshot, format);
@@ -103,6 +109,7 @@ The store is read without the lock and never written, so this works on a directo
     const usage = await storeUsage(snapshot);
     const pairs: Array<[string, number]> = [
       ['revisions', usage.revisions],
+      ['history_start', usage.historyStart],
       ['puts', usage.records.put],
       ['copies', usage.records.copy],
       ['deletes', usage.records.delete],

@@ -1,7 +1,8 @@
 import { Command, Flags } from '@oclif/core';
 import { DEFAULT_BLOCK_SIZE, MAX_OBJECT_SIZE } from '../lib/store/files.js';
 import { StoreError } from '../lib/store/errors.js';
-import { parseDuration, serve } from '../lib/cli/serve.js';
+import { parseDuration, parseKeepHistory } from '../lib/cli/durations.js';
+import { serve } from '../lib/cli/serve.js';
 import { DEFAULT_MAX_UPLOADS } from '../lib/s3/uploads.js';
 
 export default class Serve extends Command {
@@ -13,6 +14,7 @@ Objects are packed into block files of at most the block size; every acknowledge
     '<%= config.bin %> serve -dir zipdir',
     '<%= config.bin %> serve --dir zipdir --addr 0.0.0.0:7711 --access-key AK --secret-key SK',
     '<%= config.bin %> serve -dir zipdir -bs 1048576 -bucket data --quiet',
+    '<%= config.bin %> serve -dir zipdir --keep-history 30d',
   ];
 
   static override flags = {
@@ -29,10 +31,17 @@ Objects are packed into block files of at most the block size; every acknowledge
       description: `how long a multipart upload may stay open: one neither completed nor aborted is then dropped and its parts deleted; seconds (3600) or a number with a unit s, m, h or d (45s, 30m, 12h, 7d). At most ${DEFAULT_MAX_UPLOADS} uploads may be open at once; one more is refused (503) until one ends`,
       default: '7d',
     }),
+    'keep-history': Flags.string({
+      description:
+        'how far back operations can be rolled back to (history, rebase --to, S3 versions): "all" keeps every one; a duration (1s, 10m, 12h, 30d) lets older ones be forgotten, and a background compaction then gives back the space only they used',
+      default: 'all',
+    }),
     quiet: Flags.boolean({ char: 'q', description: 'no log line per request', default: false }),
     // For fault-injection tests only: checkpoints every few KB of journal instead of every 8 MiB,
     // so that a kill is likely to land in the middle of one. Not for production use.
     'checkpoint-bytes': Flags.integer({ description: 'testing only: journal size that triggers a db checkpoint', min: 1, hidden: true }),
+    // For crash tests only: look for compaction work this often (ms) instead of every 10 s.
+    'compaction-interval': Flags.integer({ description: 'testing only: milliseconds between looks for compaction work', min: 1, hidden: true }),
   };
 
   async run(): Promise<void> {
@@ -41,6 +50,7 @@ Objects are packed into block files of at most the block size; every acknowledge
     const secretKey = flags['secret-key'];
     try {
       const uploadExpiryMs = parseDuration(flags['upload-expiry'], '--upload-expiry');
+      const keepHistoryMs = parseKeepHistory(flags['keep-history']);
       await serve({
         dir: flags.dir,
         addr: flags.addr,
@@ -52,7 +62,9 @@ Objects are packed into block files of at most the block size; every acknowledge
         idleTimeoutMs: flags['idle-timeout'] * 1000,
         maxConnections: flags['max-connections'],
         uploadExpiryMs,
+        keepHistoryMs,
         checkpointBytes: flags['checkpoint-bytes'],
+        compactionIntervalMs: flags['compaction-interval'],
         out: (line) => process.stdout.write(`${line}\n`),
         warn: (line) => process.stderr.write(`${line}\n`),
       });

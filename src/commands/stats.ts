@@ -1,39 +1,84 @@
 import { Command, Flags } from '@oclif/core';
 import { dirArg, dirFlag, resolveDir } from '../lib/cli/dir-arg.js';
 import { chooseFormat, colorsFor, failOnUserError, formatBytes, renderTable } from '../lib/cli/output.js';
+import { parseDuration } from '../lib/cli/durations.js';
+import { DEFAULT_REWRITE_BELOW, planCompaction } from '../lib/store/compaction.js';
 import { blockFileName } from '../lib/store/files.js';
-import { closeSnapshot, readSnapshot } from '../lib/store/history.js';
+import { type StoreSnapshot, closeSnapshot, readSnapshot } from '../lib/store/history.js';
 import { type BlockUsage, storeUsage } from '../lib/store/stats.js';
+import { LocalStorage } from '../lib/store/storage/local.js';
+
+/** What a compaction with a retention window would do now. */
+interface CompactionPreview {
+  keepHistory: string;
+  /** Where the history would begin. */
+  historyStart: number;
+  forgottenRecords: number;
+  reclaimableBytes: number;
+  blocksRewritten: number;
+  blocksDeleted: number;
+}
+
+async function previewCompaction(dir: string, snapshot: StoreSnapshot, keepHistory: string, keepHistoryMs: number): Promise<CompactionPreview> {
+  const plan = await planCompaction(
+    new LocalStorage(dir),
+    { dbName: snapshot.dbName, db: snapshot.db, tail: snapshot.journalPayloads, records: snapshot.total, historyStart: snapshot.historyStart },
+    // A server may hold the directory: blocks from nextBlockId on may still be written.
+    { cutoffMs: Date.now() - keepHistoryMs, rewriteBelow: DEFAULT_REWRITE_BELOW, sealedBelow: snapshot.nextBlockId, isLive: () => false },
+  );
+  return {
+    keepHistory,
+    historyStart: plan.horizon,
+    forgottenRecords: plan.forgottenRecords,
+    reclaimableBytes: plan.reclaimableBytes,
+    blocksRewritten: plan.rewrite.size,
+    blocksDeleted: plan.unneeded.length,
+  };
+}
 
 export default class Stats extends Command {
   static override summary = 'Show live and dead bytes per block, to tell when compaction is worth it.';
 
-  static override description = `Live bytes are those live objects still use (bytes shared by copies count once); dead bytes are overwritten or deleted bodies, which blocks never give back. "rebase --into" copies only the live objects into a new store. Piped, the output is tab-separated (one line per block, then a "total" line); --json prints one object. The store is read without the lock and never written.`;
+  static override description = `Live bytes are those live objects still use (bytes shared by copies count once); dead bytes are overwritten or deleted bodies, which only old versions still use. They come back once the operations that used them are older than a retention window ("serve --keep-history", "compact"); with --keep-history DURATION, stats shows how much a compaction with that window would give back now, and where the history would then begin. Piped, the output is tab-separated (one line per block, then a "total" line); --json prints one object. The store is read without the lock and never written.`;
 
-  static override examples = ['<%= config.bin %> <%= command.id %> zipdir', '<%= config.bin %> <%= command.id %> -dir zipdir --json'];
+  static override examples = [
+    '<%= config.bin %> <%= command.id %> zipdir',
+    '<%= config.bin %> <%= command.id %> zipdir --keep-history 30d',
+    '<%= config.bin %> <%= command.id %> -dir zipdir --json',
+  ];
 
   static override args = { dir: dirArg };
 
   static override flags = {
     dir: dirFlag,
     json: Flags.boolean({ description: 'one JSON object' }),
+    'keep-history': Flags.string({ description: 'also show what a compaction keeping this much history (1s, 10m, 12h, 30d) would give back', helpValue: 'DURATION' }),
   };
 
   async run(): Promise<void> {
     const { args, flags } = await this.parse(Stats);
     const dir = resolveDir(this, args.dir, flags.dir);
     const format = chooseFormat(flags.json);
+    const keep = flags['keep-history'];
+    let keepMs: number | undefined;
+    try {
+      keepMs = keep === undefined ? undefined : parseDuration(keep, '--keep-history');
+    } catch (err) {
+      this.error((err as Error).message, { exit: 2 });
+    }
     try {
       const snapshot = await readSnapshot(dir);
       for (const warning of snapshot.warnings) this.logToStderr(`warning: ${warning}`);
       let usage;
+      let preview: CompactionPreview | undefined;
       try {
         usage = await storeUsage(snapshot);
+        if (keep !== undefined) preview = await previewCompaction(dir, snapshot, keep, keepMs!);
       } finally {
         await closeSnapshot(snapshot);
       }
       if (format === 'json') {
-        this.log(JSON.stringify(usage));
+        this.log(JSON.stringify(preview ? { ...usage, compaction: preview } : usage));
         return;
       }
       const total: BlockUsage = { id: -1, fileSize: usage.blockBytes, liveBytes: usage.storedLiveBytes, deadBytes: usage.deadBytes, liveObjects: usage.liveObjects };
@@ -49,10 +94,22 @@ export default class Stats extends Command {
         `${usage.revisions} revisions (${usage.records.put} puts, ${usage.records.copy} copies, ${usage.records.delete} deletes); ` +
           `${usage.liveObjects} live objects of ${formatBytes(usage.liveBytes)}.`,
       );
-      if (usage.deadBytes > 0) {
+      this.log(
+        usage.historyStart > 0
+          ? `History begins at revision ${usage.historyStart}: the oldest state one can go back to is revision ${usage.historyStart - 1} (older operations were forgotten by compaction).`
+          : 'The whole history is kept: every revision from 0 can be gone back to.',
+      );
+      if (preview) {
         this.log(
-          `Compaction (${this.config.bin} rebase ${dir} --into NEWDIR) would reclaim about ${formatBytes(usage.deadBytes)}: ` +
-            `${percent(usage.deadBytes, usage.blockBytes)} of the block bytes.`,
+          preview.reclaimableBytes > 0 || preview.forgottenRecords > 0
+            ? `Keeping ${preview.keepHistory} of history, a compaction now would forget ${preview.forgottenRecords} operations (history would begin at revision ${preview.historyStart}) ` +
+                `and give back about ${formatBytes(preview.reclaimableBytes)}: ${preview.blocksRewritten} blocks rewritten, ${preview.blocksDeleted} deleted.`
+            : `Keeping ${preview.keepHistory} of history, a compaction now would have nothing to forget or give back.`,
+        );
+      } else if (usage.deadBytes > 0) {
+        this.log(
+          `${formatBytes(usage.deadBytes)} (${percent(usage.deadBytes, usage.blockBytes)} of the block bytes) are used only by old versions; ` +
+            `they come back once their operations leave a retention window: ${this.config.bin} stats ${dir} --keep-history DURATION shows how much.`,
         );
       }
     } catch (err) {

@@ -6,7 +6,7 @@ import { GetObjectCommand, PutObjectCommand, DeleteObjectCommand, CopyObjectComm
 import { expect } from 'chai';
 import { openStore } from '../../src/lib/store/store.js';
 import { decodeDbReflect } from '../helpers/reference-db.js';
-import { parseDuration } from '../../src/lib/cli/serve.js';
+import { parseDuration, parseKeepHistory } from '../../src/lib/cli/durations.js';
 import { runZipkv, startZipkvServe, unwrap } from '../helpers/cli.js';
 import { rawExchange, statusOf } from '../helpers/http.js';
 import { tempDir } from '../helpers/paths.js';
@@ -110,6 +110,22 @@ describe('cli: zipkv serve', () => {
 
     const server = await startZipkvServe(['-dir', dir, '-addr', '127.0.0.1:0', '--upload-expiry', '12h', '--quiet']);
     expect((await server.stop()).code).to.equal(0);
+  });
+
+  it('--keep-history takes all or a duration (1s, 10m, 12h, 30d); 5x and the like are refused before the store is opened', async () => {
+    expect(parseKeepHistory('all')).to.equal(undefined);
+    expect(parseKeepHistory('30d')).to.equal(30 * 86_400_000);
+    expect(parseKeepHistory('12h')).to.equal(12 * 3_600_000);
+    expect(parseKeepHistory('10m')).to.equal(600_000);
+    expect(parseKeepHistory('1s')).to.equal(1000);
+    for (const bad of ['5x', '', '0s', '-1d', '1.5h', 'd', 'All', 'forever', '99999999999999999d']) {
+      expect(() => parseKeepHistory(bad), JSON.stringify(bad)).to.throw(/^--keep-history takes "all" .* not /);
+    }
+    const dir = path.join(await tempDir('serve'), 'd');
+    const refused = await runZipkv(['serve', '-dir', dir, '-addr', '127.0.0.1:0', '-keep-history', '5x']);
+    expect(refused.code).to.equal(2);
+    expect(unwrap(refused.stderr)).to.include('--keep-history takes "all"').and.include('not "5x"');
+    expect(await fs.stat(dir).then(() => true, () => false)).to.equal(false);
   });
 
   it('--max-connections N: one connection more is answered 503 SlowDown at once and closed; a freed slot serves again', async () => {

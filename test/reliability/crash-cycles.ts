@@ -64,12 +64,14 @@ export interface CrashCycleOptions {
   bigBodyChance: number;
   /** Delay before a timed kill, and the longest wait for a checkpoint or roll-over to kill in. */
   loadMs: [number, number];
+  /** Passed as --keep-history (with --compaction-interval 200): kills then also land in compactions. */
+  keepHistory?: string;
   /** Chance that a cycle also kills the server while it recovers at start-up. */
   startupKillChance?: number;
   log?: (line: string) => void;
 }
 
-export type KillMode = 'timer' | 'checkpoint' | 'rollover';
+export type KillMode = 'timer' | 'checkpoint' | 'rollover' | 'compaction';
 
 export interface CrashSummary {
   seed: number;
@@ -153,6 +155,7 @@ function problem(run: RunState, text: string): void {
 function serveArgs(opts: CrashCycleOptions): string[] {
   const args = ['-dir', opts.dir, '-addr', '127.0.0.1:0', '--quiet', '-bs', String(opts.blockSize)];
   if (opts.checkpointBytes !== undefined) args.push('--checkpoint-bytes', String(opts.checkpointBytes));
+  if (opts.keepHistory !== undefined) args.push('--keep-history', opts.keepHistory, '--compaction-interval', '200');
   return args;
 }
 
@@ -493,6 +496,8 @@ async function killMoment(dir: string, mode: KillMode, rng: Prng, loadMs: [numbe
       if (!name) return;
       if (mode === 'checkpoint' && name.endsWith('.zipkv-tmp')) finish('checkpoint');
       if (mode === 'rollover' && /^block\d{10}$/.test(name) && !before.has(name)) finish('rollover');
+      // A compaction deleting a block it no longer needs: the db and journal it wrote are new.
+      if (mode === 'compaction' && /^block\d{10}$/.test(name) && before.has(name) && !fs.existsSync(`${dir}/${name}`)) finish('compaction');
     });
     watcher.on('error', () => finish('timer'));
     const timer = setTimeout(() => finish('timer'), loadMs[1] * 2);
@@ -554,7 +559,7 @@ export function emptySummary(seed: number): CrashSummary {
     inFlightLanded: 0,
     unexpected: 0,
     wrongReads: 0,
-    kills: { timer: 0, checkpoint: 0, rollover: 0 },
+    kills: { timer: 0, checkpoint: 0, rollover: 0, compaction: 0 },
     startupKills: 0,
     killsMidCheckpoint: 0,
     blocksCreated: 0,
@@ -644,7 +649,7 @@ export async function runCrashCycles(opts: CrashCycleOptions): Promise<CrashSumm
     summary.recoveryWarnings += countWarnings(startOutput);
     await verifyAgainstModel(run, server.url, `cycle ${cycle} start`);
 
-    const mode = cycleRng.pick<KillMode>(['timer', 'checkpoint', 'rollover']);
+    const mode = cycleRng.pick<KillMode>(opts.keepHistory === undefined ? ['timer', 'checkpoint', 'rollover'] : ['timer', 'checkpoint', 'rollover', 'compaction', 'compaction']);
     const workload = startWorkload(server.url, run, { ...opts, keys, cycle }, cycleRng);
     const how = await killMoment(opts.dir, mode, cycleRng, opts.loadMs);
     workload.ctx.killing = true;
@@ -717,7 +722,7 @@ export function formatSummary(s: CrashSummary): string {
     `  acknowledged operations: ${s.acknowledged} (${kinds})`,
     `  lost: ${s.lost}   corrupted: ${s.corrupted}   wrong reads during load: ${s.wrongReads}   unexpected replies: ${s.unexpected}   failed starts: ${s.startFailures}`,
     `  in flight at the kill: ${s.inFlightAtKill} (${s.inFlightLanded} landed, the rest did not)`,
-    `  kills: timer ${s.kills.timer}, at a checkpoint ${s.kills.checkpoint}, at a roll-over ${s.kills.rollover}, during start-up recovery ${s.startupKills}; ` +
+    `  kills: timer ${s.kills.timer}, at a checkpoint ${s.kills.checkpoint}, at a roll-over ${s.kills.rollover}, deleting blocks after a compaction ${s.kills.compaction}, during start-up recovery ${s.startupKills}; ` +
       `${s.killsMidCheckpoint} left a half-written checkpoint behind`,
     `  blocks created: ${s.blocksCreated}; recovery warnings: ${s.recoveryWarnings}; final: ${s.finalObjects} objects at revision ${s.finalRevision}`,
     ...(s.problems.length > 0 ? ['  problems:', ...s.problems.map((p) => `    ${p}`)] : []),

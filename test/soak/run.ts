@@ -116,7 +116,7 @@ function combine(seed: number, parts: CrashSummary[], elapsedMs: number): CrashS
       total[field] += p[field];
     }
     for (const [kind, n] of Object.entries(p.acknowledgedByKind)) total.acknowledgedByKind[kind] = (total.acknowledgedByKind[kind] ?? 0) + n;
-    for (const mode of ['timer', 'checkpoint', 'rollover'] as const) total.kills[mode] += p.kills[mode];
+    for (const mode of ['timer', 'checkpoint', 'rollover', 'compaction'] as const) total.kills[mode] += p.kills[mode];
     total.finalRevision = (total.finalRevision ?? 0) + (p.finalRevision ?? 0);
     total.problems.push(...p.problems);
   }

@@ -1,8 +1,9 @@
 /** Runs the S3 server on a store until SIGINT or SIGTERM, then closes both cleanly. */
 import { isIP } from 'node:net';
-import { openStore } from '../store/store.js';
+import { type CompactionResult, openStore } from '../store/store.js';
 import { S3Server } from '../s3/server.js';
 import type { Credentials } from '../s3/auth/authenticate.js';
+import { formatBytes } from './output.js';
 
 export interface ServeOptions {
   dir: string;
@@ -17,6 +18,10 @@ export interface ServeOptions {
   maxConnections?: number;
   /** A multipart upload neither completed nor aborted is dropped this long after it began. */
   uploadExpiryMs?: number;
+  /** Retention (--keep-history): undefined keeps the whole history. */
+  keepHistoryMs?: number;
+  /** Testing only (hidden flag --compaction-interval): ms between looks for compaction work. */
+  compactionIntervalMs?: number;
   /** Testing only (hidden flag --checkpoint-bytes): journal size that triggers a checkpoint. */
   checkpointBytes?: number;
   /** Where the start-up line, request lines and the summary go. */
@@ -69,22 +74,13 @@ export function parseAddr(addr: string): { host: string; port: number } {
   return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
 }
 
-const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
-
-/**
- * A duration given on the command line, in milliseconds: a whole number of seconds (`3600`) or
- * a whole number with one unit, `s`, `m`, `h` or `d` (`45s`, `30m`, `12h`, `7d`). At least one
- * second; anything else is refused with a message that names `flag`.
- */
-export function parseDuration(value: string, flag: string): number {
-  const m = /^(\d{1,15})([smhd]?)$/.exec(value.trim());
-  const seconds = m ? Number(m[1]) * DURATION_UNITS[m[2] || 's']! : NaN;
-  if (!(seconds >= 1 && Number.isSafeInteger(seconds * 1000))) {
-    throw new Error(
-      `${flag} must be a duration of at least one second: a number of seconds (3600) or a number with a unit s, m, h or d (45s, 30m, 12h, 7d), not ${JSON.stringify(value)}`,
-    );
-  }
-  return seconds * 1000;
+/** One log line for a background compaction. */
+export function compactionLine(r: CompactionResult): string {
+  return (
+    `zipkv: compaction: history now begins at revision ${r.historyStart} (${r.forgottenRecords} operations forgotten); ` +
+    `${r.blocksRewritten} blocks rewritten, ${r.blocksDeleted} deleted, ${formatBytes(r.bytesFreed)} freed ` +
+    `(${formatBytes(r.bytesWritten)} copied) in ${(r.durationMs / 1000).toFixed(1)} s`
+  );
 }
 
 function isLoopback(host: string): boolean {
@@ -120,6 +116,9 @@ export async function serve(opts: ServeOptions): Promise<void> {
       fsync: opts.fsync,
       warn: opts.warn,
       checkpointBytes: opts.checkpointBytes,
+      keepHistoryMs: opts.keepHistoryMs,
+      compaction: opts.compactionIntervalMs === undefined ? undefined : { intervalMs: opts.compactionIntervalMs },
+      onCompaction: (result) => opts.out(compactionLine(result)),
       // Logged once, loudly: from here on every write gets 503 until a restart.
       onFailure: (failure) =>
         opts.warn(`ERROR: ${failure.message}. Every write now gets 503 ServiceUnavailable; restart zipkv to go on writing.`),

@@ -232,15 +232,16 @@ export class BlockReader {
     if (this.closedFlag) throw new Error(`cannot read ${blockFileName(block)}: the store is closed`);
     let entry = this.handles.get(block);
     if (!entry) {
-      entry = { handle: this.storage.openRead(blockFileName(block)), refs: 0 };
+      // Counted before evicting: with every other handle in use, the new one must not be the one closed.
+      entry = { handle: this.storage.openRead(blockFileName(block)), refs: 1 };
       entry.handle.catch(() => undefined);
       this.handles.set(block, entry);
       this.evict();
-    } else {
-      // Map order is insertion order: move to the back so the least recently used goes first.
-      this.handles.delete(block);
-      this.handles.set(block, entry);
+      return entry;
     }
+    // Map order is insertion order: move to the back so the least recently used goes first.
+    this.handles.delete(block);
+    this.handles.set(block, entry);
     entry.refs++;
     return entry;
   }

@@ -51,6 +51,8 @@ export interface CompactionProgress {
 /** A history to plan from: a db and the records after it (see HistoryLog.view). */
 export interface PlanView {
   dbName: string | undefined;
+  /** The db already open (a snapshot's), read instead of opening `dbName`. */
+  db?: ReadableFile;
   tail: Uint8Array[];
   /** The revision after the last record. */
   records: number;
@@ -86,11 +88,11 @@ export function relocated(relocation: Relocation, block: number, offset: number)
 /** One pass over a view's records: the db streamed, then the tail. */
 async function replayView(storage: Storage, view: PlanView, handler: ReplayHandler): Promise<void> {
   if (view.dbName !== undefined) {
-    const db = await storage.openRead(view.dbName);
+    const db = view.db ?? (await storage.openRead(view.dbName));
     try {
       await replayDbStream(fileStream(db), `${storage.root}/${view.dbName}`, handler);
     } finally {
-      await db.close();
+      if (db !== view.db) await db.close();
     }
   }
   let rev = view.records - view.tail.length;
@@ -363,15 +365,4 @@ export async function writeCompactedDb(
   } finally {
     await file.close();
   }
-}
-
-/** Parses --keep-history: `all` (undefined) or a duration such as 30d, 12h, 10m, 1s. */
-export function parseKeepHistory(value: string): number | undefined {
-  if (value === 'all') return undefined;
-  const m = /^(\d+)(d|h|m|s)$/.exec(value);
-  if (!m) throw new RangeError(`--keep-history takes "all" or a duration such as 30d, 12h, 10m or 1s, not "${value}"`);
-  const n = Number(m[1]);
-  const unit = { d: 86_400_000, h: 3_600_000, m: 60_000, s: 1000 }[m[2] as 'd' | 'h' | 'm' | 's'];
-  if (n <= 0 || !Number.isSafeInteger(n * unit)) throw new RangeError(`--keep-history must be a positive duration, not "${value}"`);
-  return n * unit;
 }

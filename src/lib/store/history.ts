@@ -8,7 +8,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { StoreError, StoreStateError } from './errors.js';
+import { RevisionOutOfRangeError, StoreError, StoreStateError } from './errors.js';
 import { JOURNAL_FILE } from './files.js';
 import { type PutFields, fromRawKey, toRawKey } from './object-index.js';
 import { type RecoveredHistory, assertRevision, recoverHistory } from './recovery.js';
@@ -301,7 +301,8 @@ export interface RevisionDetail extends HistoryEntry {
 }
 
 export async function describeRevision(snapshot: StoreSnapshot, rev: number): Promise<RevisionDetail> {
-  assertRevision(snapshot.dir, rev, snapshot);
+  // Before a compacted history's start, only the kept records (shown under their own revisions) exist.
+  if (rev >= snapshot.historyStart || rev < 0) assertRevision(snapshot.dir, rev, snapshot);
   const copies = new CopyDetector();
   let found: { record: RawRecord; copyOf: number | undefined } | undefined;
   let lastRevOfKey = rev;
@@ -310,7 +311,8 @@ export async function describeRevision(snapshot: StoreSnapshot, rev: number): Pr
     if (item.rev === rev) found = { record: item.record, copyOf };
     else if (found && item.record.rawKey === found.record.rawKey) lastRevOfKey = item.rev;
   }
-  const { record, copyOf } = found!;
+  if (!found) throw new RevisionOutOfRangeError(snapshot.dir, rev, snapshot);
+  const { record, copyOf } = found;
   const detail: RevisionDetail = {
     rev,
     kind: record.kind,

@@ -1,7 +1,7 @@
 /**
  * Where a store's bytes are: per block, how much is still referenced by a live object and how
- * much is dead (overwritten or deleted bodies, which blocks never give back). A large dead
- * share is the sign that compaction (`rebase --into`) is worth it.
+ * much is dead (overwritten or deleted bodies, which only old versions still use; compaction
+ * gives them back once those versions leave the retention window).
  */
 import { CopyDetector, type StoreSnapshot, snapshotRecords } from './history.js';
 import type { Location } from './schema.js';
@@ -18,6 +18,8 @@ export interface BlockUsage {
 
 export interface StoreUsage {
   revisions: number;
+  /** The first revision whose whole history is kept (0 unless compaction forgot older ones). */
+  historyStart: number;
   records: { put: number; copy: number; delete: number };
   liveObjects: number;
   /** Sum of the live objects' sizes, as a listing shows them (a copy counts again). */
@@ -74,6 +76,7 @@ export async function storeUsage(snapshot: StoreSnapshot): Promise<StoreUsage> {
   const sum = (pick: (b: BlockUsage) => number) => blocks.reduce((total, b) => total + pick(b), 0);
   return {
     revisions: snapshot.total,
+    historyStart: snapshot.historyStart,
     records,
     liveObjects: live.size,
     liveBytes,
