@@ -149,9 +149,15 @@ export class JournalWriter {
       await storage.remove(tmp).catch(() => undefined);
       throw err;
     }
-    const writer = new JournalWriter(file, where, JOURNAL_HEADER_SIZE + frames.length, baseRevision);
-    if (durable) await durably(storage.root, 'fsync', () => storage.syncDir());
-    return writer;
+    if (durable) {
+      try {
+        await durably(storage.root, 'fsync', () => storage.syncDir());
+      } catch (err) {
+        await file.close().catch(() => undefined);
+        throw err;
+      }
+    }
+    return new JournalWriter(file, where, JOURNAL_HEADER_SIZE + frames.length, baseRevision);
   }
 
   /** Bytes of records since the header. */

@@ -18,7 +18,7 @@ import { BlockReader, BlockWriter } from './blocks.js';
 import { BodyCache } from './body-cache.js';
 import type { Body } from './body.js';
 import { DEFAULT_CHECKPOINT_BYTES, HistoryLog } from './checkpoint.js';
-import { FailureLatch, StoreError, StoreFailedError, StoreStateError, durably } from './errors.js';
+import { DurabilityError, FailureLatch, StoreError, StoreFailedError, StoreStateError, durably } from './errors.js';
 import {
   type CompactedDb,
   type CompactionPlan,
@@ -424,7 +424,10 @@ export class Store {
     return this.writing(async (parts) => {
       // One at a time: a second caller waits for the running one, then looks again.
       while (this.compacting) await this.compacting.catch(() => undefined);
-      const run = this.compactWith(parts, opts);
+      const run = this.compactWith(parts, opts).catch((err: unknown) => {
+        // A failed sync stops the writes, wherever it happened (see FailureLatch).
+        throw err instanceof DurabilityError ? this.latch.fail(err) : err;
+      });
       this.compacting = run;
       try {
         return await run;
@@ -442,6 +445,10 @@ export class Store {
       if (this.closed) throw new StoreStateError(`${this.dir} is closing: compaction stopped`);
     };
     progress({ phase: 'planning', done: 0, total: 1 });
+    // From a fresh db: one a failed compaction left beside the current one (renamed in, never
+    // installed, its copies not yet referenced by anything here) is then overwritten, so no
+    // db on disk can refer to copies this plan finds unneeded.
+    await parts.writer.checkpoint();
     const historyStartBefore = parts.log.historyStart;
     let plan: CompactionPlan | undefined;
     for (let attempt = 1; !plan; attempt++) {
@@ -485,6 +492,13 @@ export class Store {
         parts.log.installCompacted(compacted);
       },
       between: async () => {
+        // The history changed: versions are read again. The copies hold the same bytes and are
+        // durable, so the index may point at them even if the journal rewrite below fails
+        // (the old blocks then stay, referenced by the journal).
+        this.historyGeneration++;
+        this.versionIndex = undefined;
+        parts.writer.onCommit = undefined;
+        if (relocation.size > 0) this.index.relocate((block, offset) => relocated(relocation, block, offset));
         const referenced = compacted!.referenced;
         const where = `${storage.root}/${JOURNAL_FILE}`;
         await parts.log.rewriteJournal((payload, rev) => {
@@ -492,12 +506,8 @@ export class Store {
           if (moved.block !== undefined) referenced.add(moved.block);
           return moved.payload;
         });
-        // Db and journal now refer to the copies only, durably: the index follows, and blocks
-        // no record uses can go (not one a write may still use).
-        if (relocation.size > 0) this.index.relocate((block, offset) => relocated(relocation, block, offset));
-        this.historyGeneration++;
-        this.versionIndex = undefined;
-        parts.writer.onCommit = undefined;
+        // Db and journal now refer to the copies only, durably: blocks no record uses can go
+        // (not one a write may still use).
         deleted = [...plan.unneeded, ...plan.rewrite.keys()].filter((id) => !referenced.has(id) && !parts.blocks.isLive(id));
         parts.writer.noteMoved(relocation, deleted);
       },
