@@ -3,6 +3,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import Table from 'cli-table3';
 import type { LoadResult } from './client.js';
+import type { CompactionBenchResults } from './compaction.js';
 import type { DiskFigures } from './disk.js';
 import type { CheckpointLatencyFigures, EngineResults } from './engine-figures.js';
 import { SERVER_KINDS, SERVER_LABELS, type ServerKind } from './servers.js';
@@ -87,6 +88,9 @@ export interface BenchResults {
   cells: CellResult[];
   engine?: EngineResults;
   engineError?: string;
+  /** Foreground requests with a compaction running vs idle (bench/compaction.ts). */
+  compaction?: CompactionBenchResults;
+  compactionError?: string;
   targets: Target[];
   /** Problems met on the way (a group that failed to start, say). */
   notes: string[];
@@ -445,8 +449,34 @@ export function markdownResults(results: BenchResults): string {
     }
     out.push(mdTable(['engine figure', 'value'], rows, ['l', 'r']));
   }
+  const c = results.compaction;
+  if (c && c.rows.length > 0) {
+    out.push('');
+    out.push(
+      `Online compaction (${(c.blockBytes / MIB).toFixed(0)} MiB of blocks, a third needed; ${(c.copiedBytes / MIB).toFixed(0)} MiB copied at up to 64 MiB/s (8 MiB/s while requests come in), ` +
+        `${(c.freedBytes / MIB).toFixed(0)} MiB freed in ${c.compactionSeconds.toFixed(1)} s; ${c.overlappingRounds} of ${c.rounds} rounds measured while it ran):`,
+    );
+    out.push('');
+    out.push(
+      mdTable(
+        ['workload', 'idle ops/s', 'idle p99 ms', 'compacting ops/s', 'compacting p99 ms', 'ops/s ratio', 'p99 ratio'],
+        c.rows.map((r) => [
+          r.workload,
+          fmtOps(r.idle.opsPerSec),
+          fmtMs(r.idle.p99Ms),
+          fmtOps(r.compacting.opsPerSec),
+          fmtMs(r.compacting.p99Ms),
+          `${(r.compacting.opsPerSec / r.idle.opsPerSec).toFixed(2)}x`,
+          `${(r.compacting.p99Ms / r.idle.p99Ms).toFixed(2)}x`,
+        ]),
+        ['l', 'r', 'r', 'r', 'r', 'r', 'r'],
+      ),
+    );
+  }
   return out.join('\n');
 }
+
+const MIB = 1024 * 1024;
 
 const DOC_START = '<!-- bench:results:start -->';
 const DOC_END = '<!-- bench:results:end -->';

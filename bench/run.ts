@@ -10,7 +10,7 @@
  *                                       results section of docs/benchmarks.md
  *   npm run bench -- --only put,list    only cells matching a group (4k 64k 1m 4m list mixed),
  *                                       an operation (put get head list mixed), a cell id
- *                                       (put-4k-c16), or `engine`
+ *                                       (put-4k-c16), `engine` or `compaction`
  *   npm run bench -- --profile          zipkv servers run with --cpu-prof (bench-results/profiles/)
  *
  * See docs/benchmarks.md for the method.
@@ -20,6 +20,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { type LoadResult, runLoad } from './client.js';
+import { type CompactionBenchResults, formatCompaction, runCompactionBench } from './compaction.js';
 import { measureDisk } from './disk.js';
 import { type EngineResults, runEngine } from './engine-figures.js';
 import {
@@ -59,7 +60,7 @@ interface Options {
 function usage(): never {
   process.stdout.write(
     'usage: npm run bench -- [--quick] [--save] [--only <group|op|cell|engine>[,...]] [--profile]\n' +
-      'groups: 4k 64k 1m 4m list mixed engine; ops: put get head list mixed; cells: e.g. put-4k-c16\n',
+      'groups: 4k 64k 1m 4m list mixed engine compaction; ops: put get head list mixed; cells: e.g. put-4k-c16\n',
   );
   process.exit(0);
 }
@@ -222,9 +223,21 @@ async function main(): Promise<void> {
     }
   }
 
+  let compaction: CompactionBenchResults | undefined;
+  let compactionError: string | undefined;
+  if (!options.only || options.only.includes('compaction')) {
+    log(`\n== online compaction vs idle (at ${elapsed(started)}, load ${os.loadavg()[0]!.toFixed(2)})`);
+    try {
+      compaction = await runCompactionBench({ quick: options.quick, log });
+    } catch (err) {
+      compactionError = (err as Error).message;
+      log(`compaction figures failed: ${compactionError}`);
+    }
+  }
+
   meta.loadEnd = os.loadavg();
   meta.seconds = (performance.now() - started) / 1000;
-  const results: BenchResults = { meta, cells, engine, engineError, targets: computeTargets(cells, engine, meta), notes };
+  const results: BenchResults = { meta, cells, engine, engineError, compaction, compactionError, targets: computeTargets(cells, engine, meta), notes };
 
   const out = process.stdout;
   out.write(`\n${formatHeader(meta)}\n`);
@@ -234,6 +247,7 @@ async function main(): Promise<void> {
   );
   if (cells.length) out.write(`${formatWorkloadTables(cells)}\n`);
   out.write(`${formatEngine(engine, engineError)}\n`);
+  if (compaction || compactionError) out.write(`${formatCompaction(compaction, compactionError)}\n`);
   out.write(`${formatTargets(results.targets)}\n`);
   for (const note of notes) out.write(`note: ${note}\n`);
   out.write(`\n(${meta.seconds.toFixed(0)} s)\n`);

@@ -71,6 +71,10 @@ export interface StartOptions {
   prefill?: number;
   /** Override durability for a zipkv child (used to fill a store fast). */
   fsync?: boolean;
+  /** More `zipkv serve` arguments (e.g. --keep-history). */
+  extraArgs?: string[];
+  /** A zipkv child's stdout, as it comes (its start-up, compaction and summary lines with --quiet). */
+  onStdout?: (text: string) => void;
 }
 
 export interface RunningServer {
@@ -181,6 +185,7 @@ export async function startServer(kind: ServerKind, options: StartOptions = {}):
         `127.0.0.1:${port}`,
         '--quiet',
         ...(fsync ? [] : ['--no-fsync']),
+        ...(options.extraArgs ?? []),
       ];
       break;
     }
@@ -213,7 +218,11 @@ export async function startServer(kind: ServerKind, options: StartOptions = {}):
     const file = logFile;
     output = () => tail(file, 8000);
   } else {
-    child = spawn(process.execPath, args, { cwd: ROOT, env, stdio: ['ignore', 'ignore', 'pipe'] });
+    child = spawn(process.execPath, args, { cwd: ROOT, env, stdio: ['ignore', options.onStdout ? 'pipe' : 'ignore', 'pipe'] });
+    if (options.onStdout) {
+      child.stdout!.setEncoding('utf8');
+      child.stdout!.on('data', options.onStdout);
+    }
     let err = '';
     child.stderr!.setEncoding('utf8');
     child.stderr!.on('data', (s: string) => {

@@ -32,7 +32,8 @@ async function previewCompaction(dir: string, snapshot: StoreSnapshot, keepHisto
     forgottenRecords: plan.forgottenRecords,
     reclaimableBytes: plan.reclaimableBytes,
     blocksRewritten: plan.rewrite.size,
-    blocksDeleted: plan.unneeded.length,
+    // A rewritten block is deleted too, once its needed bytes are copied.
+    blocksDeleted: plan.unneeded.length + plan.rewrite.size,
   };
 }
 
@@ -108,8 +109,8 @@ export default class Stats extends Command {
         );
       } else if (usage.deadBytes > 0) {
         this.log(
-          `${formatBytes(usage.deadBytes)} (${percent(usage.deadBytes, usage.blockBytes)} of the block bytes) are used only by old versions; ` +
-            `they come back once their operations leave a retention window: ${this.config.bin} stats ${dir} --keep-history DURATION shows how much.`,
+          `${formatBytes(usage.deadBytes)} (${percent(usage.deadBytes, usage.blockBytes)} of the block bytes) hold no live object; ` +
+            `a compaction gives them back once the operations that used them leave a retention window (${this.config.bin} stats ${dir} --keep-history DURATION shows how much).`,
         );
       }
     } catch (err) {

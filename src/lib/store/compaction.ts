@@ -34,7 +34,7 @@ export interface CompactionPolicy {
   keepHistoryMs: number;
   /** A sealed block is rewritten when less than this share of its bytes is still needed. */
   rewriteBelow: number;
-  /** Copying is throttled to this many bytes per second (0: not throttled). */
+  /** Copying is throttled to this many bytes per second (0: not throttled); a quarter of it while requests come in. */
   bytesPerSecond: number;
 }
 
@@ -182,12 +182,8 @@ export async function planCompaction(
   return { horizon, rewrite, unneeded, blockBytes, neededBytes, reclaimableBytes, forgottenRecords: Math.max(0, horizon - view.historyStart) };
 }
 
-/** Sleeps as long as needed to keep `bytes` since `startMs` under `bytesPerSecond`. */
-async function throttle(bytes: number, startMs: number, bytesPerSecond: number): Promise<void> {
-  if (bytesPerSecond <= 0) return;
-  const ahead = (bytes / bytesPerSecond) * 1000 - (Date.now() - startMs);
-  if (ahead > 1) await sleep(ahead);
-}
+/** While foreground requests come in, copying slows to this share of its rate. */
+export const BUSY_RATE_SHARE = 0.125;
 
 export interface CopyResult {
   relocation: Relocation;
@@ -211,6 +207,8 @@ export async function copyNeededBytes(
     allocateId: () => number;
     blockSize: number;
     bytesPerSecond: number;
+    /** Whether foreground requests came in since the last call: copying then slows down. */
+    busy?: () => boolean;
     durable: boolean;
     onProgress?: (done: number, total: number) => void;
   },
@@ -220,7 +218,16 @@ export async function copyNeededBytes(
   const total = sum([...rewrite.values()].flatMap((ranges) => ranges.map(([, size]) => size)));
   let copied = 0;
   let out: { id: number; file: WritableFile; position: number } | undefined;
-  const start = Date.now();
+  // One buffer for the whole copy (one read or write in flight at a time): a fresh 1 MiB
+  // buffer per step costs more in page faults than the copy itself.
+  const chunk = Buffer.allocUnsafeSlow(COPY_CHUNK);
+  // Each step waits long enough to keep to the rate (the lower one while requests come in).
+  const pace = async (bytes: number, since: number) => {
+    if (opts.bytesPerSecond <= 0) return;
+    const rate = opts.busy?.() ? opts.bytesPerSecond * BUSY_RATE_SHARE : opts.bytesPerSecond;
+    const wait = (bytes / rate) * 1000 - (Date.now() - since);
+    if (wait > 1) await sleep(wait);
+  };
   const finish = async () => {
     if (!out) return;
     const { file, id } = out;
@@ -247,15 +254,16 @@ export async function copyNeededBytes(
           const target = out;
           moved.set(offset, { block: target.id, offset: target.position });
           for (let done = 0; done < size; ) {
+            const stepStart = Date.now();
             const length = Math.min(COPY_CHUNK, size - done);
-            const buf = Buffer.allocUnsafe(length);
+            const buf = length === COPY_CHUNK ? chunk : chunk.subarray(0, length);
             await readFully(source, buf, length, offset + done);
             await target.file.writev([buf], target.position);
             target.position += length;
             done += length;
             copied += length;
             opts.onProgress?.(copied, total);
-            await throttle(copied, start, opts.bytesPerSecond);
+            await pace(length, stepStart);
           }
         }
       } finally {

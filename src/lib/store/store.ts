@@ -158,6 +158,8 @@ export class Store {
   /** The first revision whose whole history is kept (see RecoveredHistory). */
   private historyStart = 0;
   private inFlight = 0;
+  /** Counts reads and writes, so that compaction can tell when requests come in (and slow down). */
+  private foreground = 0;
   private idle: (() => void) | undefined;
   private closed = false;
 
@@ -264,6 +266,7 @@ export class Store {
 
   /** The live object under `key`, or undefined. */
   head(key: string): ObjectInfo | undefined {
+    this.foreground++;
     return this.reader.head(key);
   }
 
@@ -275,17 +278,20 @@ export class Store {
   /** Bytes [start, end] (inclusive) of an object, or all of it. */
   createReadStream(info: ObjectInfo, start?: number, end?: number): Readable {
     this.assertReadable();
+    this.foreground++;
     return this.reader.createReadStream(info, start, end);
   }
 
   /** Bytes [start, end] (inclusive) of an object as one buffer: for small reads. */
   async read(info: ObjectInfo, start?: number, end?: number): Promise<Buffer> {
     this.assertReadable();
+    this.foreground++;
     return this.reader.read(info, start, end);
   }
 
   /** A page of keys in UTF-8 byte order, with S3's delimiter roll-up. */
   list(opts: ListOptions): ListResult {
+    this.foreground++;
     return this.reader.list(opts);
   }
 
@@ -468,10 +474,12 @@ export class Store {
     if (!reclaims && plan.forgottenRecords < Math.max(1, opts.minForgottenRecords ?? 1)) return undefined;
     stopIfClosing();
 
+    let seen = this.foreground;
     const copy = await copyNeededBytes(storage, plan.rewrite, {
       allocateId: () => parts.blocks.allocateId(),
       blockSize: this.blockSize,
       bytesPerSecond: opts.bytesPerSecond ?? DEFAULT_COMPACTION_BYTES_PER_SECOND,
+      busy: () => seen !== (seen = this.foreground),
       durable: this.durable,
       onProgress: (done, total) => {
         stopIfClosing();
@@ -598,6 +606,7 @@ export class Store {
     if (this.closed) throw new StoreStateError(`${this.dir} is closed`);
     if (this.latch.failure) throw this.latch.failure;
     this.inFlight++;
+    this.foreground++;
     try {
       return await write(this.parts);
     } finally {
