@@ -5,8 +5,10 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { expect } from 'chai';
+import protobuf from 'protobufjs';
 import { BlockReader } from '../../src/lib/store/blocks.js';
 import { planCompaction } from '../../src/lib/store/compaction.js';
 import { RevisionOutOfRangeError } from '../../src/lib/store/errors.js';
@@ -421,5 +423,62 @@ describe('store: compaction under I/O faults', function () {
       }
     }
     expect(failedRuns).to.be.greaterThan(20);
+  });
+});
+
+describe('store: a compacted directory and the original zipkvserver', () => {
+  // The original's schema: it drops every field it does not know when it rewrites the db.
+  const original = protobuf.parse(`
+    syntax = "proto3";
+    message Db { sint32 next_backend_file = 2; repeated HistoryRecord history = 3; }
+    message HistoryRecord { oneof record { PutRecord put = 1; DeleteRecord delete = 2; } }
+    message PutRecord { string filename = 1; Location location = 2; }
+    message DeleteRecord { string filename = 1; }
+    message Location { sint32 backend_file = 1; sint32 offset = 2; sint32 size = 3; bytes metadata = 4; }
+  `).root.lookupType('Db');
+
+  it('reads it as a shorter history, and after the original rewrote it (writing one more object) zipkv opens it again', async () => {
+    const dir = await tempDir('compact-original');
+    const written: Written = { live: new Map(), bodies: new Map() };
+    const s = await store(dir);
+    await writeOldHistory(s, written);
+    await sleep(10);
+    const result = await s.compact({ keepHistoryMs: 1, bytesPerSecond: 0 });
+    await closeStore(s);
+
+    // As the original reads it: a history of one record per live object, every byte in place.
+    const dbName = (await fs.readdir(dir)).find((n) => /^db\d{10}$/.test(n))!;
+    const decoded = original.toObject(original.decode(zlib.gunzipSync(await fs.readFile(path.join(dir, dbName)))), { longs: Number }) as {
+      nextBackendFile: number;
+      history: Array<{ put?: { filename: string; location: { backendFile?: number; offset?: number; size?: number } } }>;
+    };
+    expect(decoded.history.length).to.equal(result!.keptRecords);
+    for (const record of decoded.history) {
+      const { filename, location } = record.put!;
+      const block = await fs.readFile(path.join(dir, `block${String(location.backendFile ?? 0).padStart(10, '0')}`));
+      const bytes = block.subarray(location.offset ?? 0, (location.offset ?? 0) + (location.size ?? 0));
+      expect(md5hex(bytes), filename).to.equal(written.live.get(filename));
+      expect(location.backendFile ?? 0).to.be.lessThan(decoded.nextBackendFile);
+    }
+
+    // The original writes an object into a new block and rewrites the db, without zipkv's fields.
+    const block = `block${String(decoded.nextBackendFile).padStart(10, '0')}`;
+    await fs.writeFile(path.join(dir, block), 'from the original');
+    decoded.history.push({ put: { filename: 'new', location: { backendFile: decoded.nextBackendFile, offset: 0, size: 17 } } });
+    decoded.nextBackendFile++;
+    const slot = (Number(dbName.slice(2)) + 1) % 10;
+    await fs.writeFile(path.join(dir, `db${String(slot).padStart(10, '0')}`), zlib.gzipSync(original.encode(original.fromObject(decoded)).finish()));
+    await fs.rm(path.join(dir, dbName));
+
+    const warnings: string[] = [];
+    const again = await store(dir, { warn: (m: string) => warnings.push(m) });
+    expect(warnings.join('\n')).to.match(/no longer says where its history begins .*the original zipkvserver/);
+    expect(again.revision).to.equal(result!.keptRecords);
+    expect(again.stats().historyStart).to.equal(0);
+    for (const [key, md5] of written.live) expect(await md5Of(again, key), key).to.equal(md5);
+    expect((await again.read(again.head('new')!)).toString()).to.equal('from the original');
+    await again.put('after', Buffer.from('zipkv again'));
+    await closeStore(again);
+    expect((await verifyStore(dir)).problems).to.deep.equal([]);
   });
 });

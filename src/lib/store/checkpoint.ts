@@ -10,7 +10,7 @@
  * point leaves a db and a journal that recovery reconciles (see recovery.ts).
  */
 import { writeNextDb } from './db-file.js';
-import { JournalWriter } from './journal.js';
+import { type JournalHistory, JournalWriter } from './journal.js';
 import type { RecoveredHistory } from './recovery.js';
 import { dbFileName } from './files.js';
 import { durably } from './errors.js';
@@ -72,7 +72,7 @@ export class HistoryLog {
     if (log.unfolded.length > 0 || (log.dbSlot !== undefined && log.dbNextBlockId !== nextBlockId)) {
       await log.replaceJournal(await log.writeDb(nextBlockId));
     } else {
-      log.journal = await JournalWriter.create(storage, log.count, [], opts.durable);
+      log.journal = await JournalWriter.create(storage, log.count, [], opts.durable, log.journalHistory());
     }
     return log;
   }
@@ -94,6 +94,11 @@ export class HistoryLog {
       records: this.count,
       historyStart: this.historyStartRevision,
     };
+  }
+
+  /** What a new journal says of the db it continues (see journal.ts). */
+  private journalHistory(): JournalHistory {
+    return { firstRevision: this.firstRevision, historyStart: this.historyStartRevision };
   }
 
   /** The first revision whose whole history is kept. */
@@ -127,7 +132,7 @@ export class HistoryLog {
     const base = this.count - this.unfolded.length;
     const rewritten = this.unfolded.map((payload, i) => rewrite(payload, base + i));
     const previous = this.journal;
-    this.journal = await JournalWriter.create(this.storage, base, rewritten, this.opts.durable);
+    this.journal = await JournalWriter.create(this.storage, base, rewritten, this.opts.durable, this.journalHistory());
     this.unfolded = rewritten;
     await previous?.close();
   }
@@ -195,7 +200,7 @@ export class HistoryLog {
    */
   async replaceJournal(base: number): Promise<void> {
     const previous = this.journal;
-    this.journal = await JournalWriter.create(this.storage, base, this.unfolded, this.opts.durable);
+    this.journal = await JournalWriter.create(this.storage, base, this.unfolded, this.opts.durable, this.journalHistory());
     await previous?.close();
   }
 

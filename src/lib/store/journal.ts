@@ -3,6 +3,7 @@
  * waits for a db rewrite. File layout:
  *
  *   header  "ZKVJ" | u32 version (2) | u64 base revision      (16 bytes, little-endian)
+ *           version 3, for a compacted history: + u64 first revision | u64 history start (32 bytes)
  *   record  u32 payload length | u32 CRC-32 of payload | payload (an encoded HistoryRecord)
  *
  * The high bit of a record's length marks the last record of a commit (version 2; in a version 1
@@ -12,6 +13,11 @@
  * The base revision is the number of history records of the db the journal continues. After a
  * crash between writing a new db and replacing the journal, records below the db's length are
  * already in the db (recovery compares them). Recovery stops at the first torn or corrupt record.
+ *
+ * A compacted history's journal (version 3) also says where the db's records begin and where its
+ * full history starts (Db.first_revision and the kept records before it): the original rewrites
+ * a db it writes to without the fields it does not know, and the journal is then what keeps the
+ * numbering of revisions (version ids).
  */
 import zlib from 'node:zlib';
 import { StoreCorruptError, durably } from './errors.js';
@@ -20,8 +26,16 @@ import { type Storage, type WritableFile, readFully } from './storage/storage.js
 
 const MAGIC = 0x4a564b5a; // "ZKVJ" read as a little-endian u32
 const VERSION = 2;
+const VERSION_COMPACTED = 3;
 const COMMIT_END = 0x80000000;
 export const JOURNAL_HEADER_SIZE = 16;
+const COMPACTED_HEADER_SIZE = 32;
+
+/** Where a compacted history begins (see RecoveredHistory); zeros for a whole history. */
+export interface JournalHistory {
+  firstRevision: number;
+  historyStart: number;
+}
 const FRAME_HEADER_SIZE = 8;
 /**
  * One commit appends at most this many records, and syncs the bodies of at most
@@ -39,6 +53,8 @@ const MAX_RECORD_SIZE = 16 * 1024 * 1024;
 export interface JournalContents {
   /** -1 when the file is too short to hold a header. */
   baseRevision: number;
+  /** From a version 3 header (a compacted history); zeros otherwise. */
+  history: JournalHistory;
   records: Uint8Array[];
   /** For each record: whether it ends a commit. */
   commitEnds: boolean[];
@@ -46,11 +62,17 @@ export interface JournalContents {
   ignoredBytes: number;
 }
 
-function header(baseRevision: number): Buffer {
-  const buf = Buffer.alloc(JOURNAL_HEADER_SIZE);
+function header(baseRevision: number, history: JournalHistory | undefined): Buffer {
+  // A whole history keeps the version 2 header, which earlier zipkv versions read too.
+  const compacted = history !== undefined && history.historyStart > 0;
+  const buf = Buffer.alloc(compacted ? COMPACTED_HEADER_SIZE : JOURNAL_HEADER_SIZE);
   buf.writeUInt32LE(MAGIC, 0);
-  buf.writeUInt32LE(VERSION, 4);
+  buf.writeUInt32LE(compacted ? VERSION_COMPACTED : VERSION, 4);
   buf.writeBigUInt64LE(BigInt(baseRevision), 8);
+  if (compacted) {
+    buf.writeBigUInt64LE(BigInt(history.firstRevision), 16);
+    buf.writeBigUInt64LE(BigInt(history.historyStart), 24);
+  }
   return buf;
 }
 
@@ -94,16 +116,26 @@ export async function readJournal(storage: Storage): Promise<JournalContents | u
 export function parseJournal(buf: Buffer, where: string): JournalContents {
   if (buf.length < JOURNAL_HEADER_SIZE) {
     // Journals are created whole (written aside, then renamed): this is damage, holding nothing.
-    return { baseRevision: -1, records: [], commitEnds: [], ignoredBytes: buf.length };
+    return { baseRevision: -1, history: { firstRevision: 0, historyStart: 0 }, records: [], commitEnds: [], ignoredBytes: buf.length };
   }
   const version = buf.readUInt32LE(4);
-  if (buf.readUInt32LE(0) !== MAGIC || (version !== 1 && version !== VERSION)) {
+  if (buf.readUInt32LE(0) !== MAGIC || (version !== 1 && version !== VERSION && version !== VERSION_COMPACTED)) {
     throw new StoreCorruptError(`${where}: not a zipkv journal (bad magic or version)`);
   }
+  if (version === VERSION_COMPACTED && buf.length < COMPACTED_HEADER_SIZE) {
+    return { baseRevision: -1, history: { firstRevision: 0, historyStart: 0 }, records: [], commitEnds: [], ignoredBytes: buf.length };
+  }
   const baseRevision = Number(buf.readBigUInt64LE(8));
+  const history =
+    version === VERSION_COMPACTED
+      ? { firstRevision: Number(buf.readBigUInt64LE(16)), historyStart: Number(buf.readBigUInt64LE(24)) }
+      : { firstRevision: 0, historyStart: 0 };
+  if (history.firstRevision > history.historyStart || history.historyStart > baseRevision) {
+    throw new StoreCorruptError(`${where}: a damaged header (first revision ${history.firstRevision}, history start ${history.historyStart}, base ${baseRevision})`);
+  }
   const records: Uint8Array[] = [];
   const commitEnds: boolean[] = [];
-  let pos = JOURNAL_HEADER_SIZE;
+  let pos = version === VERSION_COMPACTED ? COMPACTED_HEADER_SIZE : JOURNAL_HEADER_SIZE;
   while (pos + FRAME_HEADER_SIZE <= buf.length) {
     const word = buf.readUInt32LE(pos);
     const len = version === 1 ? word : word & ~COMMIT_END;
@@ -116,7 +148,7 @@ export function parseJournal(buf: Buffer, where: string): JournalContents {
     commitEnds.push(version === 1 || (word & COMMIT_END) !== 0);
     pos = end;
   }
-  return { baseRevision, records, commitEnds, ignoredBytes: buf.length - pos };
+  return { baseRevision, history, records, commitEnds, ignoredBytes: buf.length - pos };
 }
 
 /** Appends framed records; one writer per store, and callers serialise appends. */
@@ -126,6 +158,7 @@ export class JournalWriter {
     private readonly where: string,
     private position: number,
     readonly baseRevision: number,
+    private readonly headerSize: number,
   ) {}
 
   /**
@@ -134,14 +167,21 @@ export class JournalWriter {
    * replaces the old one, so the writer is never left on a file that is not the journal: if
    * anything fails before the rename, the previous journal is still the journal.
    */
-  static async create(storage: Storage, baseRevision: number, records: readonly Uint8Array[], durable: boolean): Promise<JournalWriter> {
+  static async create(
+    storage: Storage,
+    baseRevision: number,
+    records: readonly Uint8Array[],
+    durable: boolean,
+    history?: JournalHistory,
+  ): Promise<JournalWriter> {
     const tmp = JOURNAL_FILE + TMP_SUFFIX;
     const where = `${storage.root}/${JOURNAL_FILE}`;
     const frames = frameRecords(records, true);
+    const head = header(baseRevision, history);
     let file: WritableFile | undefined;
     try {
       file = await storage.create(tmp);
-      await file.writev([header(baseRevision), frames], 0);
+      await file.writev([head, frames], 0);
       if (durable) await durably(`${storage.root}/${tmp}`, 'fdatasync', () => file!.datasync());
       await storage.rename(tmp, JOURNAL_FILE);
     } catch (err) {
@@ -157,12 +197,12 @@ export class JournalWriter {
         throw err;
       }
     }
-    return new JournalWriter(file, where, JOURNAL_HEADER_SIZE + frames.length, baseRevision);
+    return new JournalWriter(file, where, head.length + frames.length, baseRevision, head.length);
   }
 
   /** Bytes of records since the header. */
   get recordBytes(): number {
-    return this.position - JOURNAL_HEADER_SIZE;
+    return this.position - this.headerSize;
   }
 
   /**

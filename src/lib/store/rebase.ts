@@ -210,7 +210,8 @@ async function rewriteDb(
   }
   // 2. The journal is emptied: it now continues the rebased history, and until step 3 the db
   //    still holds every record (recovery takes a journal behind its db as already folded).
-  await (await JournalWriter.create(storage, to + 1, [], true)).close();
+  const history = { firstRevision: snapshot.firstRevision, historyStart: snapshot.historyStart };
+  await (await JournalWriter.create(storage, to + 1, [], true, history)).close();
   // 3. The rebased db replaces it. Records are copied as they are on disk: nothing the original
   //    or zipkv stored is re-encoded.
   slot = (await writeWholeDb(storage, slot, snapshotPayloads(snapshot, to + 1), nextBlockId, true, snapshot.firstRevision)).slot;

@@ -131,7 +131,7 @@ export async function recoverHistory(storage: Storage, opts: RecoveryOptions = {
   const journalWhere = `${root}/${JOURNAL_FILE}`;
   const warnings: string[] = [];
 
-  const journal: JournalContents | undefined = await readJournal(storage);
+  let journal: JournalContents | undefined = await readJournal(storage);
   const listing = await listStore(storage);
   const blocks = new Map<number, FileInfo>();
   await Promise.all(
@@ -203,6 +203,18 @@ export async function recoverHistory(storage: Storage, opts: RecoveryOptions = {
       await db.close();
       db = undefined;
     }
+  }
+
+  // A compacted history's journal continues a db that begins at a later revision. A db that no
+  // longer says so was rewritten by a tool that drops the fields it does not know (the original
+  // zipkvserver, after writes to a compacted directory): its records are now the whole history,
+  // numbered from 0, and an empty journal has nothing to add to it.
+  if (journal && journal.history.historyStart > 0 && historyStart === 0 && journal.records.length === 0 && dbName !== undefined) {
+    warnings.push(
+      `${root}/${dbName}: the db no longer says where its history begins (it began at revision ${journal.history.historyStart}, ` +
+        'as the journal says): another tool, such as the original zipkvserver, rewrote it; its records are taken as the whole history, from revision 0',
+    );
+    journal = undefined;
   }
 
   // Even an empty journal says how many records the db had when it was started: a db with
