@@ -154,4 +154,36 @@ describe('s3: versions (AWS SDK)', () => {
     expect((await s3Fails(t.client.send(new GetObjectCommand({ Bucket: 'bucket', Key: 'k', VersionId: '2' })))).name).to.equal('NoSuchVersion');
     expect((await listAll(t)).entries.map((e) => e.id)).to.deep.equal(['1', '0']);
   });
+
+  it('after a compaction: the versions inside the window and the kept ones, under their ids; a forgotten one is NoSuchVersion, saying where the history begins', async () => {
+    const put = async (key: string, body: string) => (await t.client.send(new PutObjectCommand({ Bucket: 'bucket', Key: key, Body: body }))).VersionId!;
+    const a0 = await put('a', 'a0');
+    const a1 = await put('a', 'a1');
+    const b0 = await put('b', 'b0');
+    await t.client.send(new DeleteObjectCommand({ Bucket: 'bucket', Key: 'b' }));
+    const c0 = await put('c', 'c0');
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    const mid = Date.now();
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    const a2 = await put('a', 'a2');
+    const result = await t.store.compact({ keepHistoryMs: Date.now() - mid, bytesPerSecond: 0 });
+    expect(result!.historyStart).to.equal(Number(a2));
+    // a1 and c0 were live before the horizon: kept under their ids; a0, b0 and b's delete are gone.
+    expect((await listAll(t)).entries.map((e) => `${e.key}@${e.id}${e.deleted ? ' x' : ''}${e.latest ? ' latest' : ''}`)).to.deep.equal([
+      `a@${a2} latest`,
+      `a@${a1}`,
+      `c@${c0} latest`,
+    ]);
+    expect(await text(t.client.send(new GetObjectCommand({ Bucket: 'bucket', Key: 'a', VersionId: a1 })))).to.equal('a1');
+    for (const [key, id] of [['a', a0], ['b', b0]] as const) {
+      const err = await s3Fails(t.client.send(new GetObjectCommand({ Bucket: 'bucket', Key: key, VersionId: id })));
+      expect(err.name).to.equal('NoSuchVersion');
+      expect(err.message).to.contain(`the history kept begins at version ${a2}`);
+    }
+    const copy = await s3Fails(t.client.send(new CopyObjectCommand({ Bucket: 'bucket', Key: 'restore', CopySource: `bucket/a?versionId=${a0}` })));
+    expect(copy.name).to.equal('NoSuchVersion');
+    // Rolling back to a kept version still works.
+    await t.client.send(new CopyObjectCommand({ Bucket: 'bucket', Key: 'a', CopySource: `bucket/a?versionId=${a1}` }));
+    expect(await text(t.client.send(new GetObjectCommand({ Bucket: 'bucket', Key: 'a' })))).to.equal('a1');
+  });
 });

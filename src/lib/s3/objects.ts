@@ -57,8 +57,14 @@ export function objectOrThrow(ctx: RequestContext, key: string): ObjectInfo {
 async function objectOrVersion(ctx: RequestContext, key: string, versionId: string | null): Promise<ObjectInfo> {
   // "null" is S3's id for a version written before versioning: here, the current one.
   if (versionId === null || versionId === 'null') return objectOrThrow(ctx, key);
-  const version = await ctx.store.version(key, parseVersionId(versionId));
-  if (!version) throw s3Error('NoSuchVersion', undefined, { Key: key, VersionId: versionId });
+  const revision = parseVersionId(versionId);
+  const version = await ctx.store.version(key, revision);
+  if (!version) {
+    // Older than the history kept (--keep-history): say so, and where the history begins.
+    const start = ctx.store.stats().historyStart;
+    const message = revision < start ? `The specified version does not exist: the history kept begins at version ${start}, older versions were forgotten.` : undefined;
+    throw s3Error('NoSuchVersion', message, { Key: key, VersionId: versionId });
+  }
   if (!version.entry) {
     ctx.res.setHeader('x-amz-delete-marker', 'true');
     ctx.res.setHeader('x-amz-version-id', versionId);
