@@ -9,8 +9,22 @@ import path from 'node:path';
 import { expect } from 'chai';
 import { tempDir } from '../helpers/paths.js';
 import { startZipkvServe } from '../helpers/cli.js';
-import { formatSummary, runCrashCycles } from './crash-cycles.js';
+import { type CrashSummary, formatSummary, runCrashCycles } from './crash-cycles.js';
 import { seedFromEnv, sleep } from './util.js';
+
+/** Prints the summary and checks that nothing acknowledged was lost or damaged; returns the detail for further checks. */
+function expectNothingLost(summary: CrashSummary, lines: string[]): string {
+  const report = formatSummary(summary);
+  console.log(`      ${report.split('\n').join('\n      ')}`);
+  const detail = `${report}\n${lines.join('\n')}`;
+  expect(summary.problems, detail).to.deep.equal([]);
+  expect(summary.lost, detail).to.equal(0);
+  expect(summary.corrupted, detail).to.equal(0);
+  expect(summary.wrongReads, detail).to.equal(0);
+  expect(summary.unexpected, detail).to.equal(0);
+  expect(summary.startFailures, detail).to.equal(0);
+  return detail;
+}
 
 describe('reliability: kill -9 cycles of zipkv serve under load', function () {
   this.timeout(150_000);
@@ -35,15 +49,7 @@ describe('reliability: kill -9 cycles of zipkv serve under load', function () {
       startupKillChance: 0.25,
       log: (line) => lines.push(line),
     });
-    const report = formatSummary(summary);
-    console.log(`      ${report.split('\n').join('\n      ')}`);
-    const detail = `${report}\n${lines.join('\n')}`;
-    expect(summary.problems, detail).to.deep.equal([]);
-    expect(summary.lost, detail).to.equal(0);
-    expect(summary.corrupted, detail).to.equal(0);
-    expect(summary.wrongReads, detail).to.equal(0);
-    expect(summary.unexpected, detail).to.equal(0);
-    expect(summary.startFailures, detail).to.equal(0);
+    const detail = expectNothingLost(summary, lines);
     expect(summary.cycles, detail).to.be.at.least(Math.min(cycles, 10));
     expect(summary.acknowledged, detail).to.be.greaterThan(summary.cycles * 10);
     // The interesting moments were hit, not just hoped for.
@@ -71,15 +77,7 @@ describe('reliability: kill -9 cycles of zipkv serve under load', function () {
       startupKillChance: 0.15,
       log: (line) => lines.push(line),
     });
-    const report = formatSummary(summary);
-    console.log(`      ${report.split('\n').join('\n      ')}`);
-    const detail = `${report}\n${lines.join('\n')}`;
-    expect(summary.problems, detail).to.deep.equal([]);
-    expect(summary.lost, detail).to.equal(0);
-    expect(summary.corrupted, detail).to.equal(0);
-    expect(summary.wrongReads, detail).to.equal(0);
-    expect(summary.unexpected, detail).to.equal(0);
-    expect(summary.startFailures, detail).to.equal(0);
+    const detail = expectNothingLost(summary, lines);
     expect(summary.cycles, detail).to.be.at.least(Math.min(cycles, 8));
     expect(summary.kills.compaction, detail).to.be.greaterThan(0);
     // And the space comes back: once the window has passed, a server left running keeps about
