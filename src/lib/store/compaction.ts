@@ -23,7 +23,6 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { durably } from './errors.js';
 import { writeWholeDb } from './db-file.js';
 import { blockFileName, listStore } from './files.js';
-import type { PutFields } from './object-index.js';
 import { type RecordBytes, type ReplayHandler, decodeRawRecord, decodeRecord, replayDbRecords, replayDbStream } from './replay.js';
 import { type Location, type RawRecord, encodeRawRecord } from './schema.js';
 import { type ReadableFile, type Storage, type WritableFile, fileStream, readFully } from './storage/storage.js';
@@ -321,55 +320,59 @@ export async function writeCompactedDb(
   const where = `${storage.root}/${db.name}`;
   const file = await storage.openRead(db.name);
   try {
-    // Pass 1: the state before the horizon, as encoded records with their revisions.
-    const kept = new Map<string, { payload: Uint8Array; revision: number }>();
+    // Pass 1: which records stand for the state before the horizon, by their position (the
+    // db is in revision order, so pass 2 meets them in the order of their revisions).
+    const lastPut = new Map<string, number>();
     const summary = await replayDbStream(
       fileStream(file),
       where,
       {
-        put(rawKey, f: PutFields, rev, bytes: RecordBytes) {
-          kept.set(rawKey, { payload: Buffer.from(bytes.buf.subarray(bytes.start, bytes.end)), revision: f.keptRevision >= 0 ? f.keptRevision : rev });
-        },
-        delete(rawKey) {
-          kept.delete(rawKey);
-        },
+        put: (rawKey, _f, rev) => void lastPut.set(rawKey, rev),
+        delete: (rawKey) => void lastPut.delete(rawKey),
       },
       horizon,
     );
-    const keptRecords = [...kept.values()].sort((a, b) => a.revision - b.revision);
-    kept.clear();
+    if (summary.records < horizon) throw new Error(`${where}: the db ends at revision ${summary.records}, before the horizon ${horizon}`);
+    const keptAt = Float64Array.from(lastPut.values()).sort();
+    lastPut.clear();
     const referenced = new Set<number>();
-    const firstRevision = horizon - keptRecords.length;
+    const firstRevision = horizon - keptAt.length;
 
     async function* records(): AsyncGenerator<Uint8Array> {
-      for (const { payload, revision } of keptRecords) {
-        const record = decodeRawRecord(payload, where, revision);
-        if (record.kind !== 'put') continue;
-        const to = record.location.size > 0 ? relocated(relocation, record.location.block, record.location.offset) : undefined;
-        if (record.location.size > 0) referenced.add(to?.block ?? record.location.block);
-        yield encodeRawRecord(withLocation(record, to ?? record.location, revision));
-      }
-      // Pass 2: every record from the horizon on.
-      const copyOf = (rev: number, bytes: RecordBytes, block: number) => (rev < horizon ? undefined : { rev, payload: Buffer.from(bytes.buf.subarray(bytes.start, bytes.end)), block });
-      for await (const item of replayDbRecords(fileStream(file), where, {
-        put: (_k, f, rev, bytes) => copyOf(rev, bytes, f.size > 0 ? f.block : -1),
-        delete: (_k, rev, bytes) => copyOf(rev, bytes, -1),
-      })) {
-        if (!item) continue;
-        if (!relocation.has(item.block)) {
-          if (item.block >= 0) referenced.add(item.block);
-          yield item.payload;
-          continue;
+      // Pass 2: the kept records, each carrying the revision that wrote it, then every record
+      // from the horizon on; locations moved per `relocation`.
+      let next = 0;
+      const item = (rev: number, bytes: RecordBytes, block: number, revision: number) => {
+        if (rev < horizon) {
+          if (keptAt[next] !== rev) return undefined;
+          next++;
         }
-        const { payload, block } = relocateRecord(item.payload, relocation, where, item.rev);
-        if (block !== undefined) referenced.add(block);
-        yield payload;
+        return { rev, revision: rev < horizon ? revision : -1, payload: Buffer.from(bytes.buf.subarray(bytes.start, bytes.end)), block };
+      };
+      for await (const r of replayDbRecords(fileStream(file), where, {
+        put: (_k, f, rev, bytes) => item(rev, bytes, f.size > 0 ? f.block : -1, f.keptRevision >= 0 ? f.keptRevision : rev),
+        delete: (_k, rev, bytes) => item(rev, bytes, -1, rev),
+      })) {
+        if (!r) continue;
+        if (r.revision >= 0) {
+          const record = decodeRawRecord(r.payload, where, r.rev);
+          if (record.kind !== 'put') continue;
+          const to = record.location.size > 0 ? relocated(relocation, record.location.block, record.location.offset) : undefined;
+          if (record.location.size > 0) referenced.add(to?.block ?? record.location.block);
+          yield encodeRawRecord(withLocation(record, to ?? record.location, r.revision));
+        } else if (!relocation.has(r.block)) {
+          if (r.block >= 0) referenced.add(r.block);
+          yield r.payload;
+        } else {
+          const { payload, block } = relocateRecord(r.payload, relocation, where, r.rev);
+          if (block !== undefined) referenced.add(block);
+          yield payload;
+        }
       }
     }
 
-    if (summary.records < horizon) throw new Error(`${where}: the db ends at revision ${summary.records}, before the horizon ${horizon}`);
     const written = await writeWholeDb(storage, db.slot, records(), db.nextBlockId, durable, firstRevision);
-    return { ...written, firstRevision, historyStart: horizon, keptRecords: keptRecords.length, referenced };
+    return { ...written, firstRevision, historyStart: horizon, keptRecords: keptAt.length, referenced };
   } finally {
     await file.close();
   }
