@@ -74,6 +74,15 @@ export function parseAddr(addr: string): { host: string; port: number } {
   return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
 }
 
+/** What the start-up line says of retention. */
+function historyLine(keepHistoryMs: number | undefined, historyStart: number): string {
+  const begins = historyStart > 0 ? `history begins at revision ${historyStart}` : 'history complete';
+  if (keepHistoryMs === undefined) return `${begins}, every operation kept`;
+  const units: Array<[number, string]> = [[86_400_000, 'd'], [3_600_000, 'h'], [60_000, 'm'], [1000, 's']];
+  const [size, unit] = units.find(([ms]) => keepHistoryMs % ms === 0) ?? [1, 'ms'];
+  return `${begins}, operations kept for ${keepHistoryMs / size}${unit}`;
+}
+
 /** One log line for a background compaction. */
 export function compactionLine(r: CompactionResult): string {
   return (
@@ -153,7 +162,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
   opts.out(
     `zipkv serving ${store.dir} as bucket "${opts.bucket}" on http://${where} ` +
       `(block size ${mib(opts.blockSize)}, ${opts.fsync ? 'durable: fsync before every reply' : 'NOT durable: fsync off'}, ` +
-      `${stats.liveObjects} objects at revision ${stats.revision}, ` +
+      `${stats.liveObjects} objects at revision ${stats.revision}, ${historyLine(opts.keepHistoryMs, stats.historyStart)}, ` +
       `${opts.credentials ? 'signed requests only' : 'no credentials: every request accepted'})`,
   );
   if (!opts.credentials && !isLoopback(host)) {
