@@ -303,6 +303,38 @@ describe('store: compaction', () => {
     for (const [key, md5] of written.live) expect(await md5Of(again, key), key).to.equal(md5);
   });
 
+  it('a copy whose source was looked up before compaction moved it lands on the copy; one whose version was forgotten fails, writing nothing', async () => {
+    const dir = await tempDir('compact');
+    const s = await store(dir);
+    const written: Written = { live: new Map(), bodies: new Map() };
+    await writeOldHistory(s, written);
+    // Looked up now, used after the compaction: every live object, and k2's first version.
+    const before = allKeys(s).map((key) => s.head(key)!);
+    const firstOfK2 = (await s.listVersions({ prefix: 'k2', limit: 1000 })).versions.filter((v) => v.key === 'k2').at(-1)!;
+    const oldVersion = s.versionInfo({ ...firstOfK2, entry: firstOfK2.entry! });
+    await sleep(10);
+    const result = await s.compact({ keepHistoryMs: 1, bytesPerSecond: 0 });
+    const gone = new Set(await blockFiles(dir));
+    const moved = before.filter((info) => !gone.has(`block${String(info.entry.block).padStart(10, '0')}`));
+    expect(moved.length, 'live objects whose block was rewritten').to.be.greaterThan(0);
+    expect(result!.blocksRewritten).to.be.greaterThan(0);
+    for (const info of moved) {
+      const copy = await s.copy(info, `copy-of-${info.key}`);
+      expect(await md5Of(s, `copy-of-${info.key}`), info.key).to.equal(written.live.get(info.key));
+      expect(gone.has(`block${String(copy!.entry.block).padStart(10, '0')}`)).to.equal(true);
+    }
+    const revision = s.revision;
+    const err = await s.copy(oldVersion, 'restore').then(
+      () => undefined,
+      (e: unknown) => e as Error,
+    );
+    expect(err?.message).to.match(/older than the history kept/);
+    expect(s.head('restore')).to.equal(undefined);
+    expect(s.revision).to.equal(revision);
+    await closeStore(s);
+    expect((await verifyStore(dir)).problems).to.deep.equal([]);
+  });
+
   it('runs by itself with a retention window, and keeps the whole history without one', async () => {
     const dir = await tempDir('compact');
     const results: number[] = [];
