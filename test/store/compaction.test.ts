@@ -355,6 +355,27 @@ describe('store: compaction', () => {
     expect(t.stats().historyStart).to.equal(0);
   });
 
+  it('after finding nothing to do, does not look again before the oldest operation in the window leaves it', async () => {
+    const dir = await tempDir('compact');
+    // Counts the plans: each one reads the db from its start.
+    class CountingStorage extends FaultyStorage {
+      dbReads = 0;
+      override check(op: Parameters<FaultyStorage['check']>[0], ...names: string[]): void {
+        if (op === 'openRead' && names.some((n) => /^db\d{10}$/.test(n))) this.dbReads++;
+        super.check(op, ...names);
+      }
+    }
+    const storage = new CountingStorage(new LocalStorage(dir));
+    const s = await store(dir, { storage, keepHistoryMs: 3_600_000, compaction: { intervalMs: 20 } });
+    for (let i = 0; i < 5; i++) await s.put(`k${i}`, Buffer.from(String(i)));
+    await s.checkpoint();
+    const reads = storage.dbReads;
+    await sleep(400);
+    // One look (a plan reads the db twice), then quiet until the first put is an hour old.
+    expect(storage.dbReads - reads).to.be.at.most(2);
+    expect(s.stats().historyStart).to.equal(0);
+  });
+
   it('compacts again after a compaction; a compacted store rebases to its oldest kept state and no further', async () => {
     const dir = await tempDir('compact');
     const s = await store(dir);

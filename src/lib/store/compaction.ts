@@ -64,6 +64,8 @@ type Needed = Map<number, Map<number, number>>;
 export interface CompactionPlan {
   /** The first revision inside the window: the history will begin there. */
   horizon: number;
+  /** The time of the operation at the horizon: the horizon moves once it leaves the window. */
+  horizonTimeMs: number | undefined;
   /** Sealed blocks to rewrite: id -> needed ranges [offset, size], by offset. */
   rewrite: Map<number, Array<[number, number]>>;
   /** Sealed blocks that no kept record needs (deleted in step 3 unless a later record uses them). */
@@ -98,21 +100,24 @@ async function replayView(storage: Storage, view: PlanView, handler: ReplayHandl
   for (const payload of view.tail) decodeRecord(payload, `${storage.root} (journal)`, rev++, handler);
 }
 
-/** The first revision at or after `historyStart` whose operation is not older than `cutoffMs` (unknown times count as old). */
-export async function findHorizon(storage: Storage, view: PlanView, cutoffMs: number): Promise<number> {
+/**
+ * The first revision at or after `historyStart` whose operation is not older than `cutoffMs`
+ * (unknown times count as old), and that operation's time (undefined when there is none).
+ */
+export async function findHorizon(storage: Storage, view: PlanView, cutoffMs: number): Promise<{ horizon: number; timeMs: number | undefined }> {
   let horizon = view.records;
-  let found = false;
+  let timeMs: number | undefined;
   const seen = (rev: number, ms: number) => {
-    if (!found && rev >= view.historyStart && ms >= cutoffMs) {
+    if (timeMs === undefined && rev >= view.historyStart && ms >= cutoffMs) {
       horizon = rev;
-      found = true;
+      timeMs = ms;
     }
   };
   await replayView(storage, view, {
     put: (_k, f, rev) => seen(rev, f.modifiedMs),
     delete: (_k, rev, _b, ms) => seen(rev, ms),
   });
-  return horizon;
+  return { horizon, timeMs };
 }
 
 function addNeeded(needed: Needed, block: number, offset: number, size: number): void {
@@ -155,7 +160,7 @@ export async function planCompaction(
   view: PlanView,
   opts: { cutoffMs: number; rewriteBelow: number; sealedBelow: number; isLive: (id: number) => boolean },
 ): Promise<CompactionPlan> {
-  const horizon = await findHorizon(storage, view, opts.cutoffMs);
+  const { horizon, timeMs: horizonTimeMs } = await findHorizon(storage, view, opts.cutoffMs);
   const needed = await neededBytesOf(storage, view, horizon);
   const listing = await listStore(storage);
   const rewrite = new Map<number, Array<[number, number]>>();
@@ -178,7 +183,7 @@ export async function planCompaction(
       reclaimableBytes += size - used;
     }
   }
-  return { horizon, rewrite, unneeded, blockBytes, neededBytes, reclaimableBytes, forgottenRecords: Math.max(0, horizon - view.historyStart) };
+  return { horizon, horizonTimeMs, rewrite, unneeded, blockBytes, neededBytes, reclaimableBytes, forgottenRecords: Math.max(0, horizon - view.historyStart) };
 }
 
 /** While foreground requests come in, copying slows to this share of its rate. */

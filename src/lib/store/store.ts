@@ -153,6 +153,12 @@ export class Store {
   private historyGeneration = 0;
   private compacting: Promise<CompactionResult | undefined> | undefined;
   private compactionTimer: NodeJS.Timeout | undefined;
+  /**
+   * A compaction failed after it may have renamed its db in: the next one checkpoints first.
+   * And when the last one found nothing to do, the time before which none can (see compactWith).
+   */
+  private compactionLeftover = false;
+  private compactionIdleUntil = 0;
   /** Records in the history (of a read-only view: up to its revision). */
   private recordCount = 0;
   /** The first revision whose whole history is kept (see RecoveredHistory). */
@@ -451,10 +457,13 @@ export class Store {
       if (this.closed) throw new StoreStateError(`${this.dir} is closing: compaction stopped`);
     };
     progress({ phase: 'planning', done: 0, total: 1 });
-    // From a fresh db: one a failed compaction left beside the current one (renamed in, never
-    // installed, its copies not yet referenced by anything here) is then overwritten, so no
-    // db on disk can refer to copies this plan finds unneeded.
-    await parts.writer.checkpoint();
+    // From a fresh db after a failed run: a db it left beside the current one (renamed in,
+    // never installed, its copies not yet referenced by anything here) is then overwritten, so
+    // no db on disk can refer to copies this plan finds unneeded.
+    if (this.compactionLeftover) {
+      await parts.writer.checkpoint();
+      this.compactionLeftover = false;
+    }
     const historyStartBefore = parts.log.historyStart;
     let plan: CompactionPlan | undefined;
     for (let attempt = 1; !plan; attempt++) {
@@ -471,7 +480,12 @@ export class Store {
       }
     }
     const reclaims = plan.rewrite.size > 0 || plan.unneeded.length > 0;
-    if (!reclaims && plan.forgottenRecords < Math.max(1, opts.minForgottenRecords ?? 1)) return undefined;
+    if (!reclaims && plan.forgottenRecords < Math.max(1, opts.minForgottenRecords ?? 1)) {
+      // What a plan finds changes only once the horizon moves: when the operation at it (or,
+      // with none, any later one) leaves the window. Until then, looking again is wasted.
+      this.compactionIdleUntil = (plan.horizonTimeMs ?? Date.now()) + opts.keepHistoryMs;
+      return undefined;
+    }
     stopIfClosing();
 
     let seen = this.foreground;
@@ -492,6 +506,7 @@ export class Store {
     progress({ phase: 'writing the db', done: 0, total: 1 });
     let compacted: CompactedDb | undefined;
     let deleted: number[] = [];
+    this.compactionLeftover = true;
     await parts.writer.run({
       background: async () => {
         const db = parts.log.compactableDb();
@@ -520,6 +535,7 @@ export class Store {
         parts.writer.noteMoved(relocation, deleted);
       },
     });
+    this.compactionLeftover = false;
     progress({ phase: 'deleting', done: 0, total: deleted.length });
     let bytesFreed = 0;
     if (deleted.length > 0) {
@@ -552,6 +568,7 @@ export class Store {
       this.compactionTimer = setTimeout(() => {
         this.compactionTimer = undefined;
         if (this.closed || this.latch.failure) return;
+        if (Date.now() < this.compactionIdleUntil) return arm(Math.min(base, this.compactionIdleUntil - Date.now()));
         const started = Date.now();
         this.compact({
           keepHistoryMs,
