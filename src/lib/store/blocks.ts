@@ -138,7 +138,12 @@ export class BlockWriter {
   }
 }
 
-const READ_CHUNK = 256 * 1024;
+/**
+ * Streamed reads go in pieces of this size: a thread-pool round trip per piece is what large
+ * GETs wait on (1 MiB pieces serve 1 and 4 MiB objects 1.2-2x faster than 256 KiB ones here).
+ * A reader that stalls holds at most about two pieces.
+ */
+const READ_CHUNK = 1024 * 1024;
 const MAX_CACHED_HANDLES = 128;
 
 interface CachedHandle {
