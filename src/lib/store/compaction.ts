@@ -27,17 +27,9 @@ import { type RecordBytes, type ReplayHandler, decodeRawRecord, decodeRecord, re
 import { type Location, type RawRecord, encodeRawRecord } from './schema.js';
 import { type ReadableFile, type Storage, type WritableFile, fileStream, readFully } from './storage/storage.js';
 
-/** What to keep and how hard to work. */
-export interface CompactionPolicy {
-  /** Operations older than now minus this are forgotten. */
-  keepHistoryMs: number;
-  /** A sealed block is rewritten when less than this share of its bytes is still needed. */
-  rewriteBelow: number;
-  /** Copying is throttled to this many bytes per second (0: not throttled); a quarter of it while requests come in. */
-  bytesPerSecond: number;
-}
-
+/** A sealed block is rewritten when less than this share of its bytes is still needed. */
 export const DEFAULT_REWRITE_BELOW = 0.7;
+/** Copying is throttled to this many bytes per second (BUSY_RATE_SHARE of it while requests come in). */
 export const DEFAULT_COMPACTION_BYTES_PER_SECOND = 64 * 1024 * 1024;
 
 /** Progress of a compaction, for a progress bar. */
