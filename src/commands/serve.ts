@@ -15,6 +15,7 @@ Objects are packed into block files of at most the block size; every acknowledge
     '<%= config.bin %> serve --dir zipdir --addr 0.0.0.0:7711 --access-key AK --secret-key SK',
     '<%= config.bin %> serve -dir zipdir -bs 1048576 -bucket data --quiet',
     '<%= config.bin %> serve -dir zipdir --keep-history 30d',
+    '<%= config.bin %> serve -dir zipdir --upstream s3://backups/zipkv --upstream-endpoint http://127.0.0.1:7480',
   ];
 
   static override flags = {
@@ -36,6 +37,13 @@ Objects are packed into block files of at most the block size; every acknowledge
         'how far back operations can be rolled back to (history, rebase --to, S3 versions): "all" keeps every one; a duration (1s, 10m, 12h, 30d) lets older ones be forgotten, and a background compaction then gives back the space only they used',
       default: 'all',
     }),
+    upstream: Flags.string({
+      description:
+        'keep a live copy in this S3 bucket prefix (s3://BUCKET/PREFIX): sealed blocks, the db and the committed journal are shipped in the background; a reply still waits only for the local fsync. A lost machine loses at most the writes of the last --upstream-interval (plus an upload in progress). Credentials and region come from the AWS environment variables or profile. Restore with zipkv restore',
+      helpValue: 's3://BUCKET/PREFIX',
+    }),
+    'upstream-endpoint': Flags.string({ description: 'S3 endpoint of the upstream (Ceph RGW, MinIO...; path-style requests); default AWS', helpValue: 'URL', dependsOn: ['upstream'] }),
+    'upstream-interval': Flags.string({ description: 'how often committed writes are shipped upstream: seconds (1) or a number with a unit s, m, h or d (1s, 5s, 1m)', default: '1s', dependsOn: ['upstream'] }),
     quiet: Flags.boolean({ char: 'q', description: 'no log line per request', default: false }),
     // For fault-injection tests only: checkpoints every few KB of journal instead of every 8 MiB,
     // so that a kill is likely to land in the middle of one. Not for production use.
@@ -65,6 +73,9 @@ Objects are packed into block files of at most the block size; every acknowledge
         keepHistoryMs,
         checkpointBytes: flags['checkpoint-bytes'],
         compactionIntervalMs: flags['compaction-interval'],
+        upstream: flags.upstream,
+        upstreamEndpoint: flags['upstream-endpoint'],
+        upstreamIntervalMs: flags.upstream ? parseDuration(flags['upstream-interval'], '--upstream-interval') : undefined,
         out: (line) => process.stdout.write(`${line}\n`),
         warn: (line) => process.stderr.write(`${line}\n`),
       });

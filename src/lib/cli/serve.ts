@@ -4,6 +4,7 @@ import { type CompactionResult, openStore } from '../store/store.js';
 import { S3Server } from '../s3/server.js';
 import type { Credentials } from '../s3/auth/authenticate.js';
 import { formatBytes } from './output.js';
+import { RemoteBucket, parseUpstreamUrl } from '../store/storage/remote.js';
 
 export interface ServeOptions {
   dir: string;
@@ -24,6 +25,11 @@ export interface ServeOptions {
   compactionIntervalMs?: number;
   /** Testing only (hidden flag --checkpoint-bytes): journal size that triggers a checkpoint. */
   checkpointBytes?: number;
+  /** A live copy in an S3 bucket prefix: s3://BUCKET/PREFIX, with a custom endpoint (RGW...). */
+  upstream?: string;
+  upstreamEndpoint?: string;
+  /** How often committed writes are shipped upstream (ms). */
+  upstreamIntervalMs?: number;
   /** Where the start-up line, request lines and the summary go. */
   out: (line: string) => void;
   warn: (line: string) => void;
@@ -128,6 +134,13 @@ export async function serve(opts: ServeOptions): Promise<void> {
       keepHistoryMs: opts.keepHistoryMs,
       compaction: opts.compactionIntervalMs === undefined ? undefined : { intervalMs: opts.compactionIntervalMs },
       onCompaction: (result) => opts.out(compactionLine(result)),
+      upstream: opts.upstream
+        ? {
+            remote: new RemoteBucket(parseUpstreamUrl(opts.upstream), { endpoint: opts.upstreamEndpoint }),
+            intervalMs: opts.upstreamIntervalMs,
+            log: (line) => opts.warn(`zipkv: ${line}`),
+          }
+        : undefined,
       // Logged once, loudly: from here on every write gets 503 until a restart.
       onFailure: (failure) =>
         opts.warn(`ERROR: ${failure.message}. Every write now gets 503 ServiceUnavailable; restart zipkv to go on writing.`),

@@ -180,8 +180,11 @@ export async function putObject(ctx: RequestContext): Promise<void> {
   const metadata = objectMetadataFrom(ctx.req.headers);
   announcedSize(ctx);
   const expectedMd5 = parseContentMd5(ctx);
+  const ifNoneMatch = header(ctx, 'if-none-match');
+  // S3 takes only `*` here: create the object unless the key holds one.
+  if (ifNoneMatch !== undefined && ifNoneMatch.trim() !== '*') throw s3Error('NotImplemented', 'If-None-Match on PUT takes only *.');
   const body = openRequestBody(ctx);
-  const info = await ctx.store.put(key, body.stream, { size: body.size, metadata, expectedMd5 });
+  const info = await ctx.store.put(key, body.stream, { size: body.size, metadata, expectedMd5, ifAbsent: ifNoneMatch !== undefined });
   sendEmpty(ctx, 200, { ETag: quoteEtag(info.etag!), 'x-amz-version-id': String(info.version) });
 }
 

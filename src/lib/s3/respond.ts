@@ -7,6 +7,7 @@ import {
   BodySizeMismatchError,
   DigestMismatchError,
   DurabilityError,
+  ObjectExistsError,
   ObjectTooLargeError,
   StoreFailedError,
   StoreStateError,
@@ -34,6 +35,7 @@ export function toS3Error(err: unknown): S3Error {
   if (err instanceof ObjectTooLargeError) return s3Error('EntityTooLarge', err.message);
   if (err instanceof StoreFailedError) return s3Error('ServiceUnavailable', err.message);
   if (err instanceof DurabilityError) return s3Error('ServiceUnavailable', err.message);
+  if (err instanceof ObjectExistsError) return s3Error('PreconditionFailed', undefined, { Condition: 'If-None-Match' });
   if (err instanceof VersionForgottenError) return s3Error('NoSuchVersion', err.message);
   if (err instanceof StoreStateError) return s3Error('ServiceUnavailable', 'The server is shutting down.');
   const code = (err as NodeJS.ErrnoException | undefined)?.code;

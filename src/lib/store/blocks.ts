@@ -18,6 +18,8 @@ export class OpenBlock {
   complete = false;
   /** The directory has been fsynced since this block's file was created. */
   entrySynced = false;
+  /** Start offsets of reservations not yet committed or released (their bytes may still change). */
+  readonly unsettled = new Set<number>();
   private file: WritableFile | undefined;
 
   constructor(
@@ -100,14 +102,28 @@ export class BlockWriter {
     const offset = block.reserved;
     block.reserved += size;
     block.writers++;
+    block.unsettled.add(offset);
     return { block, offset, size };
   }
 
   /** The writer of a reservation is done (committed or failed). */
   release(reservation: Reservation): void {
     const { block } = reservation;
+    block.unsettled.delete(reservation.offset);
     block.writers--;
     this.closeIfDone(block);
+  }
+
+  /**
+   * Blocks that may still be written, each with the length of its settled prefix: every byte
+   * below it belongs to a committed body (durable) or to a failed one (never referred to).
+   */
+  liveBlocks(): Array<{ id: number; name: string; settled: number }> {
+    return [...this.live].map((b) => {
+      let settled = b.reserved;
+      for (const offset of b.unsettled) settled = Math.min(settled, offset);
+      return { id: b.id, name: b.name, settled };
+    });
   }
 
   /**

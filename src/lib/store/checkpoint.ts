@@ -10,7 +10,7 @@
  * point leaves a db and a journal that recovery reconciles (see recovery.ts).
  */
 import { writeNextDb } from './db-file.js';
-import { type JournalHistory, JournalWriter } from './journal.js';
+import { FRAME_HEADER_SIZE, type JournalHistory, JournalWriter } from './journal.js';
 import type { RecoveredHistory } from './recovery.js';
 import { dbFileName } from './files.js';
 import { durably } from './errors.js';
@@ -40,6 +40,14 @@ export class HistoryLog {
   /** The next block id the current db records. */
   private dbNextBlockId: number;
   private journal: JournalWriter | undefined;
+  /**
+   * Changes when the journal file is replaced: odd while a replacement is under way (the file
+   * under the journal's name may be either), even once it is done. A reader of the file by name
+   * (the upstream tier) trusts what it read only if this was the same even number before and after.
+   */
+  journalEpoch = 0;
+  /** Length of the journal file up to the end of the last accepted commit. */
+  private acceptedBytes = 0;
 
   private constructor(
     private readonly storage: Storage,
@@ -72,7 +80,7 @@ export class HistoryLog {
     if (log.unfolded.length > 0 || (log.dbSlot !== undefined && log.dbNextBlockId !== nextBlockId)) {
       await log.replaceJournal(await log.writeDb(nextBlockId));
     } else {
-      log.journal = await JournalWriter.create(storage, log.count, [], opts.durable, log.journalHistory());
+      await log.newJournal(log.count, []);
     }
     return log;
   }
@@ -132,7 +140,7 @@ export class HistoryLog {
     const base = this.count - this.unfolded.length;
     const rewritten = this.unfolded.map((payload, i) => rewrite(payload, base + i));
     const previous = this.journal;
-    this.journal = await JournalWriter.create(this.storage, base, rewritten, this.opts.durable, this.journalHistory());
+    await this.newJournal(base, rewritten);
     this.unfolded = rewritten;
     await previous?.close();
   }
@@ -165,7 +173,10 @@ export class HistoryLog {
    * now part of the history. A batch that failed after its append is never accepted.
    */
   accept(payloads: readonly Uint8Array[]): void {
-    for (const payload of payloads) this.unfolded.push(payload);
+    for (const payload of payloads) {
+      this.unfolded.push(payload);
+      this.acceptedBytes += FRAME_HEADER_SIZE + payload.length;
+    }
     this.count += payloads.length;
   }
 
@@ -200,8 +211,29 @@ export class HistoryLog {
    */
   async replaceJournal(base: number): Promise<void> {
     const previous = this.journal;
-    this.journal = await JournalWriter.create(this.storage, base, this.unfolded, this.opts.durable, this.journalHistory());
+    await this.newJournal(base, this.unfolded);
     await previous?.close();
+  }
+
+  /** A journal after `base` records holding `records` replaces the current one (see journalEpoch). */
+  private async newJournal(base: number, records: readonly Uint8Array[]): Promise<void> {
+    this.journalEpoch++;
+    try {
+      this.journal = await JournalWriter.create(this.storage, base, records, this.opts.durable, this.journalHistory());
+      this.acceptedBytes = this.journal.length;
+    } finally {
+      this.journalEpoch++;
+    }
+  }
+
+  /** What the upstream tier ships: the current db and how much of the journal is committed. */
+  shippable(): { dbName: string | undefined; journalEpoch: number; journalBytes: number; records: number } {
+    return {
+      dbName: this.dbSlot === undefined ? undefined : dbFileName(this.dbSlot),
+      journalEpoch: this.journalEpoch,
+      journalBytes: this.acceptedBytes,
+      records: this.count,
+    };
   }
 
   async close(): Promise<void> {

@@ -135,3 +135,10 @@ export class VersionForgottenError extends StoreError {
     super('EFORGOTTEN', message);
   }
 }
+
+/** A write made on the condition that the key holds no object (If-None-Match: *) found one. */
+export class ObjectExistsError extends StoreError {
+  constructor(key: string) {
+    super('EEXIST', `${key} exists already`);
+  }
+}

@@ -36,7 +36,7 @@ export interface JournalHistory {
   firstRevision: number;
   historyStart: number;
 }
-const FRAME_HEADER_SIZE = 8;
+export const FRAME_HEADER_SIZE = 8;
 /**
  * One commit appends at most this many records, and syncs the bodies of at most
  * SYNCED_WITH_JOURNAL_MAX bytes at the same time as the journal (one round of syncs instead of
@@ -198,6 +198,11 @@ export class JournalWriter {
       }
     }
     return new JournalWriter(file, where, head.length + frames.length, baseRevision, head.length);
+  }
+
+  /** Bytes in the file, header included, up to the last durable append. */
+  get length(): number {
+    return this.position;
   }
 
   /** Bytes of records since the header. */

@@ -39,6 +39,8 @@ import { assertRevision, recoverHistory } from './recovery.js';
 import { type StageOptions, type StagedBody, Staging } from './staging.js';
 import { LocalStorage } from './storage/local.js';
 import type { Storage } from './storage/storage.js';
+import type { RemoteBucket } from './storage/remote.js';
+import { Shipper, type ShipSnapshot, type UpstreamStats } from './upstream.js';
 import { type CommittedRecord, type PutOptions, type Written, Writer } from './writes.js';
 import { type Version, VersionIndex, type VersionList, type VersionListOptions } from './versions.js';
 
@@ -74,6 +76,8 @@ export interface OpenOptions {
   compaction?: { intervalMs?: number; bytesPerSecond?: number; rewriteBelow?: number };
   /** Told of each background compaction that changed something. */
   onCompaction?: (result: CompactionResult) => void;
+  /** A live copy in an S3 bucket prefix (see upstream.ts); writers only. */
+  upstream?: { remote: RemoteBucket; intervalMs?: number; log?: (message: string) => void };
 }
 
 export interface CompactOptions {
@@ -123,6 +127,8 @@ export interface StoreStats {
   heldBodyBytes: number;
   /** Memory of the cache of small bodies (bounded). */
   cachedBodyBytes: number;
+  /** Shipping to the upstream tier, when there is one. */
+  upstream: UpstreamStats | undefined;
 }
 
 /** The parts only a writer has. */
@@ -168,6 +174,9 @@ export class Store {
   private foreground = 0;
   private idle: (() => void) | undefined;
   private closed = false;
+  private shipper: Shipper | undefined;
+  /** Blocks compaction is writing (not complete: not to be shipped yet). */
+  private readonly copyingBlocks = new Set<number>();
 
   private constructor(dir: string, opts: OpenOptions) {
     this.dir = dir;
@@ -198,6 +207,22 @@ export class Store {
     } catch (err) {
       await lock?.release();
       throw err;
+    }
+    if (opts.upstream && store.parts) {
+      const parts = store.parts;
+      const shipper = new Shipper(opts.upstream.remote, store.storage, () => store.shipSnapshot(parts), () => parts.log.journalEpoch, {
+        intervalMs: opts.upstream.intervalMs,
+        log: opts.upstream.log ?? store.warn,
+        dir: store.dir,
+      });
+      try {
+        await shipper.start();
+      } catch (err) {
+        opts.upstream.remote.close();
+        await store.close();
+        throw err;
+      }
+      store.shipper = shipper;
     }
     return store;
   }
@@ -265,7 +290,24 @@ export class Store {
       historyStart: parts?.log.historyStart ?? this.historyStart,
       heldBodyBytes: parts?.writer.heldBodyBytes ?? 0,
       cachedBodyBytes: this.cache.size,
+      upstream: this.shipper?.stats(),
     };
+  }
+
+  /** What is committed now, for the upstream tier: taken between two commits, synchronously. */
+  private shipSnapshot(parts: WriterParts): ShipSnapshot {
+    return {
+      ...parts.log.shippable(),
+      nextBlockId: parts.blocks.nextBlockId,
+      live: parts.blocks.liveBlocks(),
+      writing: new Set(this.copyingBlocks),
+    };
+  }
+
+  /** Ships to the upstream tier now (tests; shipping runs by itself every interval). */
+  async shipUpstream(): Promise<void> {
+    if (!this.shipper) throw new StoreStateError(`${this.dir} has no upstream`);
+    await this.shipper.shipNow();
   }
 
   // ---------------------------------------------------------------- reads
@@ -489,8 +531,13 @@ export class Store {
     stopIfClosing();
 
     let seen = this.foreground;
+    const copying = this.copyingBlocks;
     const copy = await copyNeededBytes(storage, plan.rewrite, {
-      allocateId: () => parts.blocks.allocateId(),
+      allocateId: () => {
+        const id = parts.blocks.allocateId();
+        copying.add(id);
+        return id;
+      },
       blockSize: this.blockSize,
       bytesPerSecond: opts.bytesPerSecond ?? DEFAULT_COMPACTION_BYTES_PER_SECOND,
       busy: () => seen !== (seen = this.foreground),
@@ -500,6 +547,7 @@ export class Store {
         progress({ phase: 'copying', done, total });
       },
     });
+    copying.clear();
     const { relocation } = copy;
     // The db then holds every record acknowledged so far, and the journal continues it exactly.
     await parts.writer.checkpoint();
@@ -608,6 +656,8 @@ export class Store {
         } finally {
           await parts.blocks.close();
           await parts.log.close();
+          // Upstream gets the state just checkpointed, so a restore needs no recovery.
+          await this.shipper?.stop({ finalShip: !this.latch.failure });
           await this.storage.clearScratch().catch(() => undefined);
           await parts.lock.release();
         }

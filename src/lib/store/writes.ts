@@ -24,7 +24,7 @@ import type { BlockWriter, OpenBlock, Reservation } from './blocks.js';
 import { type BodyCache, CACHED_BODY_MAX } from './body-cache.js';
 import { type Body, BodyCheck, writePieces } from './body.js';
 import type { HistoryLog } from './checkpoint.js';
-import { BodySizeMismatchError, DurabilityError, type FailureLatch, ObjectTooLargeError, VersionForgottenError } from './errors.js';
+import { BodySizeMismatchError, DurabilityError, type FailureLatch, ObjectExistsError, ObjectTooLargeError, VersionForgottenError } from './errors.js';
 import { MAX_OBJECT_SIZE } from './files.js';
 import { MAX_COMMIT_RECORDS, SYNCED_WITH_JOURNAL_MAX } from './journal.js';
 import { IndexEntry, type ObjectIndex, toRawKey } from './object-index.js';
@@ -41,6 +41,8 @@ export interface PutOptions {
   etag?: string;
   /** Write time to record instead of now (rebase --into keeps the original's). */
   modifiedMs?: number;
+  /** Only if the key holds no live object when the write commits (If-None-Match: *). */
+  ifAbsent?: boolean;
 }
 
 type PendingOp = {
@@ -50,6 +52,8 @@ type PendingOp = {
   reservation: Reservation | undefined;
   /** A small body, held until the commit writes the batch's bodies together. */
   data?: Buffer[];
+  /** Fails with ObjectExistsError if the key is live when the batch is committed. */
+  ifAbsent?: boolean;
   /** With the record's revision, or undefined when the op wrote no record. */
   resolve: (revision: number | undefined) => void;
   reject: (err: Error) => void;
@@ -177,7 +181,7 @@ export class Writer {
         etag: opts.etag,
       };
       const entry = IndexEntry.fromLocation(location);
-      const revision = await this.commit({ raw: toRawKey(key), record: { kind: 'put', key, location }, entry, reservation, data });
+      const revision = await this.commit({ raw: toRawKey(key), record: { kind: 'put', key, location }, entry, reservation, data, ifAbsent: opts.ifAbsent });
       return { entry, revision: revision! };
     } catch (err) {
       if (!(body instanceof Uint8Array)) (body as Readable).destroy();
@@ -313,6 +317,11 @@ export class Writer {
         }
         liveInBatch.set(op.raw, false);
       } else {
+        // Decided here, in commit order, so two conditional writes of one key never both win.
+        if (op.ifAbsent && (liveInBatch.get(op.raw) ?? this.index.has(op.raw))) {
+          op.reject(new ObjectExistsError(op.record.key));
+          continue;
+        }
         liveInBatch.set(op.raw, true);
       }
       applied.push(op);
@@ -330,6 +339,8 @@ export class Writer {
           await this.log.append(payloads);
         }
         this.log.accept(payloads);
+        // Their bytes are durable now: the upstream tier may ship them with these records.
+        for (const op of applied) if (op.reservation) op.reservation.block.unsettled.delete(op.reservation.offset);
       }
     } catch (err) {
       const reason = err instanceof DurabilityError ? this.latch.fail(err) : (err as Error);

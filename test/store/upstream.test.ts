@@ -1,0 +1,245 @@
+/**
+ * The upstream tier (upstream.ts, restore.ts) against a real S3 server: a second zipkv, in this
+ * process, on loopback, reached through a proxy that can be cut. What is shipped restores to the
+ * exact state shipped; a second writer is refused; an upstream that goes away delays shipping
+ * and never a write.
+ */
+import net from 'node:net';
+import { expect } from 'chai';
+import { restoreStore } from '../../src/lib/store/restore.js';
+import { RemoteBucket } from '../../src/lib/store/storage/remote.js';
+import { type Store, openStore } from '../../src/lib/store/store.js';
+import { LEASE_OBJECT, MANIFEST_OBJECT, UpstreamLeaseError } from '../../src/lib/store/upstream.js';
+import { type TestServer, startServer } from '../helpers/server.js';
+import { tempDir } from '../helpers/paths.js';
+import { allKeys, md5Of, pseudoRandomBytes } from './util.js';
+
+const BLOCK = 64 * 1024;
+
+/** A TCP proxy in front of the upstream that can refuse and cut connections. */
+class Cuttable {
+  private server: net.Server | undefined;
+  private readonly sockets = new Set<net.Socket>();
+  port = 0;
+
+  constructor(private readonly target: number) {}
+
+  async up(): Promise<void> {
+    this.server = net.createServer((client) => {
+      const upstream = net.connect(this.target, '127.0.0.1');
+      for (const s of [client, upstream]) {
+        this.sockets.add(s);
+        s.on('close', () => this.sockets.delete(s));
+        s.on('error', () => undefined);
+      }
+      client.pipe(upstream).pipe(client);
+    });
+    await new Promise<void>((resolve) => this.server!.listen(this.port, '127.0.0.1', resolve));
+    this.port = (this.server.address() as net.AddressInfo).port;
+  }
+
+  async down(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    await new Promise<void>((resolve) => this.server!.close(() => resolve()));
+  }
+}
+
+let upstream: TestServer;
+let proxy: Cuttable;
+let prefixCount = 0;
+const open: Store[] = [];
+
+before(async () => {
+  upstream = await startServer({ bucket: 'upstream' });
+  proxy = new Cuttable(upstream.port);
+  await proxy.up();
+});
+after(async () => {
+  await proxy.down();
+  await upstream.stop();
+});
+afterEach(async () => {
+  for (const s of open.splice(0)) await s.close().catch(() => undefined);
+});
+
+function remote(prefix: string, timeoutMs = 5000): RemoteBucket {
+  return new RemoteBucket(
+    { bucket: 'upstream', prefix },
+    { endpoint: `http://127.0.0.1:${proxy.port}`, credentials: { accessKeyId: 'k', secretAccessKey: 's' }, timeoutMs },
+  );
+}
+
+async function storeWithUpstream(dir: string, prefix: string, opts = {}): Promise<Store> {
+  // An interval longer than any test: shipments happen when a test asks (shipUpstream).
+  const s = await openStore(dir, { fsync: false, blockSize: BLOCK, upstream: { remote: remote(prefix), intervalMs: 3_600_000, log: () => undefined }, ...opts });
+  open.push(s);
+  return s;
+}
+
+async function closeStore(s: Store): Promise<void> {
+  open.splice(open.indexOf(s), 1);
+  await s.close();
+}
+
+async function state(s: Store): Promise<Map<string, string | undefined>> {
+  const out = new Map<string, string | undefined>();
+  for (const key of allKeys(s)) out.set(key, await md5Of(s, key));
+  return out;
+}
+
+async function restoredState(prefix: string, opts: { to?: number } = {}): Promise<{ revision: number; objects: Map<string, string | undefined> }> {
+  const dir = `${await tempDir('restored')}/store`;
+  const r = remote(prefix);
+  try {
+    await restoreStore(r, dir, opts);
+  } finally {
+    r.close();
+  }
+  const s = await openStore(dir, { readOnly: true });
+  try {
+    return { revision: s.revision, objects: await state(s) };
+  } finally {
+    await s.close();
+  }
+}
+
+async function upstreamObjects(prefix: string): Promise<string[]> {
+  const r = remote(prefix);
+  try {
+    return (await r.list()).sort();
+  } finally {
+    r.close();
+  }
+}
+
+function newPrefix(): string {
+  return `store${++prefixCount}/`;
+}
+
+describe('upstream tier', function () {
+  this.timeout(60_000);
+
+  it('ships sealed blocks, the db and the committed journal; a restore gives the state shipped, byte for byte', async () => {
+    const prefix = newPrefix();
+    const s = await storeWithUpstream(await tempDir('up'), prefix);
+    // Bodies of several sizes: some fill and seal blocks, small ones stay in the open block.
+    for (let i = 0; i < 40; i++) await s.put(`k${i}`, pseudoRandomBytes(i % 7 === 0 ? 50_000 : 1000 + i * 37, i));
+    await s.delete('k3');
+    await s.copy('k4', 'k4-copy');
+    await s.shipUpstream();
+    const shipped = await state(s);
+    const restored = await restoredState(prefix);
+    expect(restored.revision).to.equal(s.revision);
+    expect(restored.objects).to.deep.equal(shipped);
+    const names = await upstreamObjects(prefix);
+    expect(names).to.include.members([MANIFEST_OBJECT, LEASE_OBJECT]);
+    expect(names.filter((n) => /^block\d+$/.test(n)).length).to.be.greaterThan(2);
+    expect(names.some((n) => n.startsWith('zipkv-journal.'))).to.equal(true);
+  });
+
+  it('ships only what was committed: writes after the last shipment are not upstream, and the next shipment brings them', async () => {
+    const prefix = newPrefix();
+    const s = await storeWithUpstream(await tempDir('up'), prefix);
+    for (let i = 0; i < 10; i++) await s.put(`a${i}`, pseudoRandomBytes(3000, i));
+    await s.shipUpstream();
+    const first = await state(s);
+    const firstRevision = s.revision;
+    for (let i = 0; i < 10; i++) await s.put(`b${i}`, pseudoRandomBytes(3000, 100 + i));
+    // The machine is lost now: what a restore finds is the first shipment exactly.
+    const lost = await restoredState(prefix);
+    expect(lost.revision).to.equal(firstRevision);
+    expect(lost.objects).to.deep.equal(first);
+    await s.shipUpstream();
+    const second = await restoredState(prefix);
+    expect(second.revision).to.equal(s.revision);
+    expect(second.objects).to.deep.equal(await state(s));
+  });
+
+  it('restores to an earlier revision with --to', async () => {
+    const prefix = newPrefix();
+    const s = await storeWithUpstream(await tempDir('up'), prefix);
+    for (let i = 0; i < 8; i++) await s.put(`k${i}`, pseudoRandomBytes(2000, i));
+    const at = s.revision;
+    const then = await state(s);
+    for (let i = 0; i < 8; i++) await s.put(`k${i}`, pseudoRandomBytes(2500, 50 + i));
+    await s.delete('k0');
+    await s.shipUpstream();
+    const restored = await restoredState(prefix, { to: at });
+    expect(restored.revision).to.equal(at);
+    expect(restored.objects).to.deep.equal(then);
+  });
+
+  it('a clean shutdown ships the final checkpoint and gives the lease back; a server on the restored directory carries on', async () => {
+    const prefix = newPrefix();
+    const s = await storeWithUpstream(await tempDir('up'), prefix);
+    for (let i = 0; i < 12; i++) await s.put(`k${i}`, pseudoRandomBytes(9000, i));
+    const before = await state(s);
+    await closeStore(s);
+    expect(await upstreamObjects(prefix)).to.not.include(LEASE_OBJECT);
+    const dir = `${await tempDir('restored')}/store`;
+    const r = remote(prefix);
+    await restoreStore(r, dir);
+    r.close();
+    const t = await storeWithUpstream(dir, prefix);
+    expect(await state(t)).to.deep.equal(before);
+    await t.put('after-restore', pseudoRandomBytes(5000, 99));
+    await t.shipUpstream();
+    const again = await restoredState(prefix);
+    expect(again.objects.get('after-restore')).to.equal(await md5Of(t, 'after-restore'));
+    expect(again.objects.size).to.equal(before.size + 1);
+  });
+
+  it('refuses a second server on the same prefix while the first holds the lease, and says who holds it', async () => {
+    const prefix = newPrefix();
+    const first = await storeWithUpstream(await tempDir('up'), prefix);
+    const otherDir = await tempDir('up-other');
+    let refused: unknown;
+    try {
+      await storeWithUpstream(otherDir, prefix);
+    } catch (err) {
+      refused = err;
+    }
+    expect(refused).to.be.instanceOf(UpstreamLeaseError);
+    expect((refused as Error).message).to.match(/written by another zipkv server .*pid \d+/);
+    await closeStore(first);
+    const second = await storeWithUpstream(otherDir, prefix);
+    await second.put('x', Buffer.from('second'));
+    await second.shipUpstream();
+  });
+
+  it('keeps taking writes while the upstream is down, and catches up when it is back', async () => {
+    const prefix = newPrefix();
+    const s = await storeWithUpstream(await tempDir('up'), prefix);
+    await s.put('before', pseudoRandomBytes(4000, 1));
+    await s.shipUpstream();
+    await proxy.down();
+    try {
+      for (let i = 0; i < 20; i++) await s.put(`during${i}`, pseudoRandomBytes(6000, i));
+      let failed: unknown;
+      await s.shipUpstream().catch((err: unknown) => (failed = err));
+      expect((failed as Error | undefined)?.message).to.match(/upstream|ECONNREFUSED|reading|uploading/i);
+      expect(s.stats().upstream!.records).to.be.greaterThan(0);
+    } finally {
+      await proxy.up();
+    }
+    await s.shipUpstream();
+    expect(s.stats().upstream!.records).to.equal(0);
+    const restored = await restoredState(prefix);
+    expect(restored.objects).to.deep.equal(await state(s));
+  });
+
+  it('deletes upstream the blocks compaction dropped, once the db without them is shipped', async () => {
+    const prefix = newPrefix();
+    const s = await storeWithUpstream(await tempDir('up'), prefix);
+    for (let round = 0; round < 3; round++) for (let i = 0; i < 6; i++) await s.put(`k${i}`, pseudoRandomBytes(30_000, round * 10 + i));
+    await s.shipUpstream();
+    const blocksBefore = (await upstreamObjects(prefix)).filter((n) => /^block\d+$/.test(n));
+    const result = await s.compact({ keepHistoryMs: 0, bytesPerSecond: 0, minForgottenRecords: 0 });
+    expect(result?.blocksDeleted).to.be.greaterThan(0);
+    await s.shipUpstream();
+    const blocksAfter = (await upstreamObjects(prefix)).filter((n) => /^block\d+$/.test(n));
+    expect(blocksAfter.length).to.be.lessThan(blocksBefore.length);
+    const restored = await restoredState(prefix);
+    expect(restored.objects).to.deep.equal(await state(s));
+  });
+});
