@@ -1,17 +1,22 @@
 /**
- * The upstream tier (upstream.ts, restore.ts) against a real S3 server: a second zipkv, in this
- * process, on loopback, reached through a proxy that can be cut. What is shipped restores to the
- * exact state shipped; a second writer is refused; an upstream that goes away delays shipping
- * and never a write.
+ * The upstream tier (upstream.ts, restore.ts) against a real S3 server, reached through a proxy
+ * that can be cut: by default a second zipkv in this process; with ZIPKV_TEST_RGW=1
+ * (`npm run test:rgw`) a single-host Ceph radosgw brought up by scripts/rgw.sh. What is shipped
+ * restores to the exact state shipped; a second writer is refused; an upstream that goes away
+ * delays shipping and never a write.
  */
+import { execFile } from 'node:child_process';
 import net from 'node:net';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
 import { restoreStore } from '../../src/lib/store/restore.js';
 import { RemoteBucket } from '../../src/lib/store/storage/remote.js';
 import { type Store, openStore } from '../../src/lib/store/store.js';
 import { LEASE_OBJECT, MANIFEST_OBJECT, UpstreamLeaseError } from '../../src/lib/store/upstream.js';
 import { type TestServer, startServer } from '../helpers/server.js';
-import { tempDir } from '../helpers/paths.js';
+import { repoRoot, tempDir } from '../helpers/paths.js';
 import { allKeys, md5Of, pseudoRandomBytes } from './util.js';
 
 const BLOCK = 64 * 1024;
@@ -44,19 +49,40 @@ class Cuttable {
   }
 }
 
-let upstream: TestServer;
+const RGW = process.env.ZIPKV_TEST_RGW === '1';
+const RGW_PORT = 17480;
+/** The keys scripts/rgw.sh gives its S3 user; any keys do for a zipkv without credentials. */
+const CREDENTIALS = RGW ? { accessKeyId: 'zipkvtest', secretAccessKey: 'zipkvtestsecret' } : { accessKeyId: 'k', secretAccessKey: 's' };
+const rgwScript = path.join(repoRoot, 'scripts/rgw.sh');
+
+let upstream: TestServer | undefined;
+let rgwDir: string | undefined;
 let proxy: Cuttable;
 let prefixCount = 0;
 const open: Store[] = [];
 
-before(async () => {
-  upstream = await startServer({ bucket: 'upstream' });
-  proxy = new Cuttable(upstream.port);
+before(async function () {
+  this.timeout(120_000);
+  let port: number;
+  if (RGW) {
+    rgwDir = await tempDir('rgw');
+    await promisify(execFile)('bash', [rgwScript, 'up', rgwDir, String(RGW_PORT)]);
+    port = RGW_PORT;
+    const client = new S3Client({ endpoint: `http://127.0.0.1:${port}`, forcePathStyle: true, region: 'us-east-1', credentials: CREDENTIALS });
+    await client.send(new CreateBucketCommand({ Bucket: 'upstream' }));
+    client.destroy();
+  } else {
+    upstream = await startServer({ bucket: 'upstream' });
+    port = upstream.port;
+  }
+  proxy = new Cuttable(port);
   await proxy.up();
 });
-after(async () => {
+after(async function () {
+  this.timeout(60_000);
   await proxy.down();
-  await upstream.stop();
+  await upstream?.stop();
+  if (rgwDir) await promisify(execFile)('bash', [rgwScript, 'down', rgwDir]);
 });
 afterEach(async () => {
   for (const s of open.splice(0)) await s.close().catch(() => undefined);
@@ -65,7 +91,7 @@ afterEach(async () => {
 function remote(prefix: string, timeoutMs = 5000): RemoteBucket {
   return new RemoteBucket(
     { bucket: 'upstream', prefix },
-    { endpoint: `http://127.0.0.1:${proxy.port}`, credentials: { accessKeyId: 'k', secretAccessKey: 's' }, timeoutMs },
+    { endpoint: `http://127.0.0.1:${proxy.port}`, credentials: CREDENTIALS, timeoutMs },
   );
 }
 
@@ -116,7 +142,7 @@ function newPrefix(): string {
   return `store${++prefixCount}/`;
 }
 
-describe('upstream tier', function () {
+describe(`upstream tier (on ${RGW ? 'Ceph radosgw' : 'a second zipkv'})`, function () {
   this.timeout(60_000);
 
   it('ships sealed blocks, the db and the committed journal; a restore gives the state shipped, byte for byte', async () => {

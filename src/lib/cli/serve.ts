@@ -176,6 +176,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     `zipkv serving ${store.dir} as bucket "${opts.bucket}" on http://${where} ` +
       `(block size ${mib(opts.blockSize)}, ${opts.fsync ? 'durable: fsync before every reply' : 'NOT durable: fsync off'}, ` +
       `${stats.liveObjects} objects at revision ${stats.revision}, ${historyLine(opts.keepHistoryMs, stats.historyStart)}, ` +
+      (stats.upstream ? `shipped to ${stats.upstream.url} every ${(opts.upstreamIntervalMs ?? 1000) / 1000} s, ` : '') +
       `${opts.credentials ? 'signed requests only' : 'no credentials: every request accepted'})`,
   );
   if (!opts.credentials && !isLoopback(host)) {
@@ -193,6 +194,14 @@ export async function serve(opts: ServeOptions): Promise<void> {
   const { requests, errors, bytesIn, bytesOut } = server.counters;
   const after = store.stats();
   const traffic = `${requests} requests (${errors} errors), ${bytesIn} bytes in, ${bytesOut} bytes out`;
+  if (after.upstream) {
+    const u = after.upstream;
+    opts.out(
+      u.records === 0 && !u.failing
+        ? `zipkv: upstream ${u.url} holds everything (${formatBytes(u.shippedBytes)} shipped by this server)`
+        : `zipkv: upstream ${u.url} lacks the last ${u.records} records (${u.failing ?? 'not shipped'}); the next start ships them`,
+    );
+  }
   if (after.failure) {
     opts.out(`zipkv stopped after a failed sync: ${traffic}; no db written (a restart recovers from what is on disk)`);
     return;

@@ -21,7 +21,8 @@
  *
  * A second server on the same prefix is refused: the lease object is created with
  * If-None-Match: *, renewed every LEASE_RENEW_MS, and taken over only once it is older than
- * LEASE_STALE_MS (its server is gone).
+ * LEASE_STALE_MS (its server is gone), or by the same directory on the same host (a restart after
+ * a crash: the directory's lock already makes it the one writer).
  */
 import { createHash, randomBytes } from 'node:crypto';
 import os from 'node:os';
@@ -409,7 +410,10 @@ export class Shipper {
       }
       const held = await this.remote.get(LEASE_OBJECT);
       const lease = held ? (JSON.parse(held.toString('utf8')) as { owner: string; host: string; pid: number; dir: string; renewedMs: number }) : undefined;
-      if (lease && Date.now() - lease.renewedMs < LEASE_STALE_MS) {
+      // The same directory on the same host: its lock file already makes this the only writer
+      // (a restart after a crash, say), so the lease it left is this server's to take.
+      const mine = lease?.host === os.hostname() && lease.dir === this.opts.dir;
+      if (lease && !mine && Date.now() - lease.renewedMs < LEASE_STALE_MS) {
         const ago = Math.max(0, Math.round((Date.now() - lease.renewedMs) / 1000));
         throw new UpstreamLeaseError(
           `${this.remote.url} is written by another zipkv server (host ${lease.host}, pid ${lease.pid}, directory ${lease.dir}; lease renewed ${ago} s ago). ` +
