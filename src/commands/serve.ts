@@ -2,6 +2,7 @@ import { Command, Flags } from '@oclif/core';
 import { DEFAULT_BLOCK_SIZE, MAX_OBJECT_SIZE } from '../lib/store/files.js';
 import { StoreError } from '../lib/store/errors.js';
 import { parseDuration, parseKeepHistory } from '../lib/cli/durations.js';
+import { parseSize } from '../lib/cli/sizes.js';
 import { serve } from '../lib/cli/serve.js';
 import { DEFAULT_MAX_UPLOADS } from '../lib/s3/uploads.js';
 
@@ -16,6 +17,7 @@ Objects are packed into block files of at most the block size; every acknowledge
     '<%= config.bin %> serve -dir zipdir -bs 1048576 -bucket data --quiet',
     '<%= config.bin %> serve -dir zipdir --keep-history 30d',
     '<%= config.bin %> serve -dir zipdir --upstream s3://backups/zipkv --upstream-endpoint http://127.0.0.1:7480',
+    '<%= config.bin %> serve -dir zipdir --upstream s3://backups/zipkv --cache-size 20G',
   ];
 
   static override flags = {
@@ -43,6 +45,12 @@ Objects are packed into block files of at most the block size; every acknowledge
       helpValue: 's3://BUCKET/PREFIX',
     }),
     'upstream-endpoint': Flags.string({ description: 'S3 endpoint of the upstream (Ceph RGW, MinIO...; path-style requests); default AWS', helpValue: 'URL', dependsOn: ['upstream'] }),
+    'cache-size': Flags.string({
+      description:
+        'with --upstream: local disk kept for blocks (512M, 20G...); sealed blocks safely upstream beyond it are deleted locally, least recently read first, and read from upstream when needed (a GET then waits on upstream; 503 if it does not answer within 5 s). Blocks not yet upstream are never evicted. Default: keep every block locally',
+      helpValue: 'SIZE',
+      dependsOn: ['upstream'],
+    }),
     'upstream-interval': Flags.string({ description: 'how often committed writes are shipped upstream: seconds (1) or a number with a unit s, m, h or d (1s, 5s, 1m)', default: '1s', dependsOn: ['upstream'] }),
     quiet: Flags.boolean({ char: 'q', description: 'no log line per request', default: false }),
     // For fault-injection tests only: checkpoints every few KB of journal instead of every 8 MiB,
@@ -75,6 +83,7 @@ Objects are packed into block files of at most the block size; every acknowledge
         compactionIntervalMs: flags['compaction-interval'],
         upstream: flags.upstream,
         upstreamEndpoint: flags['upstream-endpoint'],
+        cacheBytes: flags['cache-size'] === undefined ? undefined : parseSize(flags['cache-size'], '--cache-size'),
         upstreamIntervalMs: flags.upstream ? parseDuration(flags['upstream-interval'], '--upstream-interval') : undefined,
         out: (line) => process.stdout.write(`${line}\n`),
         warn: (line) => process.stderr.write(`${line}\n`),

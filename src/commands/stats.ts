@@ -3,6 +3,7 @@ import { dirArg, dirFlag, resolveDir } from '../lib/cli/dir-arg.js';
 import { chooseFormat, colorsFor, failOnUserError, formatBytes, renderTable } from '../lib/cli/output.js';
 import { parseDuration } from '../lib/cli/durations.js';
 import { DEFAULT_REWRITE_BELOW, planCompaction } from '../lib/store/compaction.js';
+import { upstreamSummary } from '../lib/store/upstream.js';
 import { blockFileName } from '../lib/store/files.js';
 import { type StoreSnapshot, closeSnapshot, readSnapshot } from '../lib/store/history.js';
 import { type BlockUsage, storeUsage } from '../lib/store/stats.js';
@@ -78,8 +79,9 @@ export default class Stats extends Command {
       } finally {
         await closeSnapshot(snapshot);
       }
+      const upstream = await upstreamSummary(new LocalStorage(dir), snapshot.total);
       if (format === 'json') {
-        this.log(JSON.stringify(preview ? { ...usage, compaction: preview } : usage));
+        this.log(JSON.stringify({ ...usage, ...(preview ? { compaction: preview } : {}), ...(upstream ? { upstream } : {}) }));
         return;
       }
       const total: BlockUsage = { id: -1, fileSize: usage.blockBytes, liveBytes: usage.storedLiveBytes, deadBytes: usage.deadBytes, liveObjects: usage.liveObjects };
@@ -95,6 +97,12 @@ export default class Stats extends Command {
         `${usage.revisions} revisions (${usage.records.put} puts, ${usage.records.copy} copies, ${usage.records.delete} deletes); ` +
           `${usage.liveObjects} live objects of ${formatBytes(usage.liveBytes)}.`,
       );
+      if (upstream) {
+        this.log(
+          `Upstream ${upstream.url ?? ''}: last shipped ${upstream.lastShipped}, ${upstream.recordsBehind} records behind this directory; ` +
+            `${upstream.blocksUpstream} blocks upstream, ${upstream.blocksOnlyUpstream} of them only there (evicted by --cache-size).`,
+        );
+      }
       this.log(
         usage.historyStart > 0
           ? `History begins at revision ${usage.historyStart}: the oldest state one can go back to is revision ${usage.historyStart - 1} (older operations were forgotten by compaction).`

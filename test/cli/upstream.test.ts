@@ -2,6 +2,7 @@ import path from 'node:path';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
 import { openStore } from '../../src/lib/store/store.js';
+import { parseSize } from '../../src/lib/cli/sizes.js';
 import { runZipkv, startZipkvServe, unwrap } from '../helpers/cli.js';
 import { tempDir } from '../helpers/paths.js';
 import { type TestServer, clientFor, md5, startServer } from '../helpers/server.js';
@@ -62,6 +63,19 @@ describe('cli: zipkv serve --upstream, zipkv restore', function () {
     const stopped = await again.stop('SIGTERM');
     expect(stopped.code).to.equal(0);
     expect(stopped.stdout).to.match(/upstream s3:\/\/upstream\/site1\/ holds everything/);
+    const stats = await runZipkv(['stats', dir, '--json']);
+    const upstreamStats = (JSON.parse(stats.stdout) as { upstream: { url: string; recordsBehind: number; blocksUpstream: number } }).upstream;
+    expect(upstreamStats.url).to.equal('s3://upstream/site1/');
+    expect(upstreamStats.recordsBehind).to.equal(0);
+    expect(upstreamStats.blocksUpstream).to.be.greaterThan(0);
+  });
+
+  it('--cache-size takes bytes or a size with a unit, and refuses anything else', () => {
+    expect(parseSize('1048576', '--cache-size')).to.equal(1048576);
+    expect(parseSize('512M', '--cache-size')).to.equal(512 * 2 ** 20);
+    expect(parseSize('1.5g', '--cache-size')).to.equal(1.5 * 2 ** 30);
+    expect(parseSize('20GiB', '--cache-size')).to.equal(20 * 2 ** 30);
+    for (const bad of ['', '0', '-1', '12X', 'lots']) expect(() => parseSize(bad, '--cache-size'), bad).to.throw(/--cache-size must be a size/);
   });
 
   it('restore refuses a directory that is not empty and an upstream with no store, and says why', async () => {

@@ -14,7 +14,9 @@ import { expect } from 'chai';
 import { restoreStore } from '../../src/lib/store/restore.js';
 import { RemoteBucket } from '../../src/lib/store/storage/remote.js';
 import { type Store, openStore } from '../../src/lib/store/store.js';
+import { UpstreamError } from '../../src/lib/store/storage/remote.js';
 import { LEASE_OBJECT, MANIFEST_OBJECT, UpstreamLeaseError } from '../../src/lib/store/upstream.js';
+import fs from 'node:fs/promises';
 import { type TestServer, startServer } from '../helpers/server.js';
 import { repoRoot, tempDir } from '../helpers/paths.js';
 import { allKeys, md5Of, pseudoRandomBytes } from './util.js';
@@ -95,9 +97,13 @@ function remote(prefix: string, timeoutMs = 5000): RemoteBucket {
   );
 }
 
-async function storeWithUpstream(dir: string, prefix: string, opts = {}): Promise<Store> {
+async function storeWithUpstream(dir: string, prefix: string, opts: { cacheBytes?: number } = {}): Promise<Store> {
   // An interval longer than any test: shipments happen when a test asks (shipUpstream).
-  const s = await openStore(dir, { fsync: false, blockSize: BLOCK, upstream: { remote: remote(prefix), intervalMs: 3_600_000, log: () => undefined }, ...opts });
+  const s = await openStore(dir, {
+    fsync: false,
+    blockSize: BLOCK,
+    upstream: { remote: remote(prefix), intervalMs: 3_600_000, cacheBytes: opts.cacheBytes, log: () => undefined },
+  });
   open.push(s);
   return s;
 }
@@ -267,5 +273,50 @@ describe(`upstream tier (on ${RGW ? 'Ceph radosgw' : 'a second zipkv'})`, functi
     expect(blocksAfter.length).to.be.lessThan(blocksBefore.length);
     const restored = await restoredState(prefix);
     expect(restored.objects).to.deep.equal(await state(s));
+  });
+
+  it('with a cache size, evicts sealed blocks that are upstream and reads them from there, also after a restart', async () => {
+    const prefix = newPrefix();
+    const dir = await tempDir('up');
+    const s = await storeWithUpstream(dir, prefix, { cacheBytes: 2 * BLOCK });
+    for (let i = 0; i < 24; i++) await s.put(`k${i}`, pseudoRandomBytes(30_000, i));
+    const expected = await state(s);
+    await s.shipUpstream();
+    const localBlocks = async () => (await fs.readdir(dir)).filter((n) => /^block\d+$/.test(n));
+    let bytes = 0;
+    for (const name of await localBlocks()) bytes += (await fs.stat(`${dir}/${name}`)).size;
+    expect(bytes).to.be.at.most(2 * BLOCK);
+    expect(s.stats().upstream!.evictions).to.be.greaterThan(5);
+    // Every object reads back, most of them from upstream.
+    expect(await state(s)).to.deep.equal(expected);
+    await closeStore(s);
+    const again = await storeWithUpstream(dir, prefix, { cacheBytes: 2 * BLOCK });
+    expect(await state(again)).to.deep.equal(expected);
+    await again.put('new', pseudoRandomBytes(10_000, 77));
+    await again.shipUpstream();
+    const restored = await restoredState(prefix);
+    expect(restored.objects).to.deep.equal(await state(again));
+  });
+
+  it('a read of an evicted block while upstream is down fails within seconds, never hangs; local ones are still served', async () => {
+    const prefix = newPrefix();
+    const dir = await tempDir('up');
+    const s = await storeWithUpstream(dir, prefix, { cacheBytes: BLOCK });
+    // Larger than the cache of small bodies, so reads go to the block.
+    for (let i = 0; i < 10; i++) await s.put(`k${i}`, pseudoRandomBytes(70_000, i));
+    await s.shipUpstream();
+    await s.put('local', pseudoRandomBytes(1000, 5));
+    await proxy.down();
+    try {
+      const started = Date.now();
+      let failed: unknown;
+      await s.read(s.head('k0')!).catch((err: unknown) => (failed = err));
+      expect(failed).to.be.instanceOf(UpstreamError);
+      expect(Date.now() - started).to.be.below(12_000);
+      expect((await s.read(s.head('local')!)).length).to.equal(1000);
+    } finally {
+      await proxy.up();
+    }
+    expect((await s.read(s.head('k0')!)).equals(pseudoRandomBytes(70_000, 0))).to.equal(true);
   });
 });

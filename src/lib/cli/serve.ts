@@ -28,6 +28,8 @@ export interface ServeOptions {
   /** A live copy in an S3 bucket prefix: s3://BUCKET/PREFIX, with a custom endpoint (RGW...). */
   upstream?: string;
   upstreamEndpoint?: string;
+  /** Local bytes of blocks kept with an upstream (--cache-size). */
+  cacheBytes?: number;
   /** How often committed writes are shipped upstream (ms). */
   upstreamIntervalMs?: number;
   /** Where the start-up line, request lines and the summary go. */
@@ -138,6 +140,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
         ? {
             remote: new RemoteBucket(parseUpstreamUrl(opts.upstream), { endpoint: opts.upstreamEndpoint }),
             intervalMs: opts.upstreamIntervalMs,
+            cacheBytes: opts.cacheBytes,
             log: (line) => opts.warn(`zipkv: ${line}`),
           }
         : undefined,
@@ -176,7 +179,10 @@ export async function serve(opts: ServeOptions): Promise<void> {
     `zipkv serving ${store.dir} as bucket "${opts.bucket}" on http://${where} ` +
       `(block size ${mib(opts.blockSize)}, ${opts.fsync ? 'durable: fsync before every reply' : 'NOT durable: fsync off'}, ` +
       `${stats.liveObjects} objects at revision ${stats.revision}, ${historyLine(opts.keepHistoryMs, stats.historyStart)}, ` +
-      (stats.upstream ? `shipped to ${stats.upstream.url} every ${(opts.upstreamIntervalMs ?? 1000) / 1000} s, ` : '') +
+      (stats.upstream
+        ? `shipped to ${stats.upstream.url} every ${(opts.upstreamIntervalMs ?? 1000) / 1000} s` +
+          `${opts.cacheBytes === undefined ? '' : ` with ${formatBytes(opts.cacheBytes)} of blocks cached locally`}, `
+        : '') +
       `${opts.credentials ? 'signed requests only' : 'no credentials: every request accepted'})`,
   );
   if (!opts.credentials && !isLoopback(host)) {

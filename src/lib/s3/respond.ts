@@ -13,6 +13,7 @@ import {
   StoreStateError,
   VersionForgottenError,
 } from '../store/errors.js';
+import { UpstreamError } from '../store/storage/remote.js';
 
 export function sendXml(ctx: RequestContext, status: number, xml: string): void {
   const body = Buffer.from(xml, 'utf8');
@@ -35,6 +36,7 @@ export function toS3Error(err: unknown): S3Error {
   if (err instanceof ObjectTooLargeError) return s3Error('EntityTooLarge', err.message);
   if (err instanceof StoreFailedError) return s3Error('ServiceUnavailable', err.message);
   if (err instanceof DurabilityError) return s3Error('ServiceUnavailable', err.message);
+  if (err instanceof UpstreamError) return s3Error('ServiceUnavailable', 'The upstream store holding this object did not answer; try again later.');
   if (err instanceof ObjectExistsError) return s3Error('PreconditionFailed', undefined, { Condition: 'If-None-Match' });
   if (err instanceof VersionForgottenError) return s3Error('NoSuchVersion', err.message);
   if (err instanceof StoreStateError) return s3Error('ServiceUnavailable', 'The server is shutting down.');

@@ -40,7 +40,8 @@ import { type StageOptions, type StagedBody, Staging } from './staging.js';
 import { LocalStorage } from './storage/local.js';
 import type { Storage } from './storage/storage.js';
 import type { RemoteBucket } from './storage/remote.js';
-import { Shipper, type ShipSnapshot, type UpstreamStats } from './upstream.js';
+import { TieredStorage } from './storage/tiered.js';
+import { Shipper, type ShipSnapshot, type UpstreamStats, readLocalManifest } from './upstream.js';
 import { type CommittedRecord, type PutOptions, type Written, Writer } from './writes.js';
 import { type Version, VersionIndex, type VersionList, type VersionListOptions } from './versions.js';
 
@@ -77,7 +78,13 @@ export interface OpenOptions {
   /** Told of each background compaction that changed something. */
   onCompaction?: (result: CompactionResult) => void;
   /** A live copy in an S3 bucket prefix (see upstream.ts); writers only. */
-  upstream?: { remote: RemoteBucket; intervalMs?: number; log?: (message: string) => void };
+  upstream?: {
+    remote: RemoteBucket;
+    intervalMs?: number;
+    /** Local bytes of blocks kept at most: sealed blocks upstream beyond it are evicted (least recently read first). */
+    cacheBytes?: number;
+    log?: (message: string) => void;
+  };
 }
 
 export interface CompactOptions {
@@ -183,7 +190,8 @@ export class Store {
     this.blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE;
     this.durable = opts.fsync ?? true;
     this.readOnly = opts.readOnly === true || opts.revision !== undefined;
-    this.storage = opts.storage ?? new LocalStorage(dir);
+    const local = opts.storage ?? new LocalStorage(dir);
+    this.storage = opts.upstream ? new TieredStorage(local, opts.upstream.remote) : local;
     this.blockReader = new BlockReader(this.storage);
     this.reader = new ObjectReader(this.index, this.blockReader, this.blockTimes, this.cache);
     this.warn = opts.warn ?? ((m) => process.emitWarning(m));
@@ -203,15 +211,23 @@ export class Store {
       lock = await DirectoryLock.acquire(store.dir);
     }
     try {
+      if (store.storage instanceof TieredStorage) await store.loadUpstreamBlocks(store.storage);
       await store.recover(opts, lock);
     } catch (err) {
       await lock?.release();
       throw err;
     }
-    if (opts.upstream && store.parts) {
+    if (opts.upstream && store.parts && store.storage instanceof TieredStorage) {
       const parts = store.parts;
-      const shipper = new Shipper(opts.upstream.remote, store.storage, () => store.shipSnapshot(parts), () => parts.log.journalEpoch, {
+      const tiered = store.storage;
+      const shipper = new Shipper(opts.upstream.remote, tiered, () => store.shipSnapshot(parts), () => parts.log.journalEpoch, {
         intervalMs: opts.upstream.intervalMs,
+        cacheBytes: opts.upstream.cacheBytes,
+        evict: async (name) => {
+          // Handles on it close first, so its space comes back; later reads go upstream.
+          await store.blockReader.retire([Number(name.slice('block'.length))], 0);
+          await tiered.evict(name);
+        },
         log: opts.upstream.log ?? store.warn,
         dir: store.dir,
       });
@@ -292,6 +308,12 @@ export class Store {
       cachedBodyBytes: this.cache.size,
       upstream: this.shipper?.stats(),
     };
+  }
+
+  /** Blocks only upstream are known, before recovery looks for them, from the last manifest written. */
+  private async loadUpstreamBlocks(tiered: TieredStorage): Promise<void> {
+    const manifest = await readLocalManifest(tiered.local);
+    if (manifest) tiered.setUpstreamBlocks(manifest.blocks, manifest.writtenMs);
   }
 
   /** What is committed now, for the upstream tier: taken between two commits, synchronously. */

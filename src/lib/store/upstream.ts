@@ -29,8 +29,8 @@ import os from 'node:os';
 import { StoreError } from './errors.js';
 import { JOURNAL_FILE, TMP_SUFFIX } from './files.js';
 import { type RemoteBucket, UpstreamError, UpstreamExistsError } from './storage/remote.js';
-import type { Storage } from './storage/storage.js';
-import { readFully } from './storage/storage.js';
+import { type Storage, readFully } from './storage/storage.js';
+import type { TieredStorage } from './storage/tiered.js';
 
 export const MANIFEST_OBJECT = 'zipkv-upstream.json';
 export const LEASE_OBJECT = 'zipkv-lease';
@@ -58,6 +58,8 @@ export interface ShippedFile {
 
 export interface Manifest {
   format: 1;
+  /** Where it was written (s3://BUCKET/PREFIX/). */
+  url?: string;
   writtenMs: number;
   /** Records in the history the manifest describes, at most (the journal may end in a torn commit). */
   records: number;
@@ -96,6 +98,10 @@ export interface UpstreamStats extends UpstreamLag {
   url: string;
   shippedBytes: number;
   manifests: number;
+  /** --cache-size, if any, and the bytes of blocks on the local disk (as of the last look). */
+  cacheBytes: number | undefined;
+  localBlockBytes: number;
+  evictions: number;
 }
 
 export class UpstreamLeaseError extends StoreError {
@@ -152,6 +158,10 @@ class Moved extends Error {}
 
 export interface ShipperOptions {
   intervalMs?: number;
+  /** Local bytes of blocks kept at most: sealed blocks safely upstream beyond it are evicted. */
+  cacheBytes?: number;
+  /** Frees the local copy of a block (closing the store's handles on it first). */
+  evict: (name: string) => Promise<void>;
   /** Told when shipping falls behind and when it catches up, and of lease trouble. */
   log: (message: string) => void;
   /** The local directory, for messages and the lease. */
@@ -172,12 +182,14 @@ export class Shipper {
   private lagBytes = 0;
   private shippedBytes = 0;
   private manifests = 0;
+  private localBlockBytes = 0;
+  private evictions = 0;
   /** The db last read for shipping, by name, size and mtime, and the object it went to. */
   private dbUploaded: Manifest['db'];
 
   constructor(
     private readonly remote: RemoteBucket,
-    private readonly local: Storage,
+    private readonly local: TieredStorage,
     private readonly snapshot: () => ShipSnapshot,
     private readonly journalEpoch: () => number,
     private readonly opts: ShipperOptions,
@@ -190,6 +202,7 @@ export class Shipper {
     await this.acquireLease();
     const bytes = await this.remote.get(MANIFEST_OBJECT);
     if (bytes) this.manifest = parseManifest(bytes, `${this.remote.url}${MANIFEST_OBJECT}`);
+    this.local.setUpstreamBlocks(this.manifest.blocks, this.manifest.writtenMs);
     this.dbUploaded = this.manifest.db;
     this.running = this.removeStrays().finally(() => (this.running = undefined));
     this.schedule(0);
@@ -209,7 +222,7 @@ export class Shipper {
   }
 
   stats(): UpstreamStats {
-    return { url: this.remote.url, ...this.lag(), shippedBytes: this.shippedBytes, manifests: this.manifests };
+    return { url: this.remote.url, ...this.lag(), shippedBytes: this.shippedBytes, manifests: this.manifests, cacheBytes: this.opts.cacheBytes, localBlockBytes: this.localBlockBytes, evictions: this.evictions };
   }
 
   lag(): UpstreamLag {
@@ -340,6 +353,7 @@ export class Shipper {
     }
     this.lagBytes = lag;
     next.records = snap.records;
+    next.url = this.remote.url;
     next.writtenMs = Date.now();
     const body = Buffer.from(JSON.stringify(next));
     await this.upload(MANIFEST_OBJECT, body);
@@ -347,7 +361,15 @@ export class Shipper {
     this.manifest = next;
     this.manifests++;
     this.lagBytes = 0;
-    await this.saveLocalCopy(body).catch((err: Error) => this.opts.log(`upstream: keeping the local copy of the manifest failed: ${err.message}`));
+    this.local.setUpstreamBlocks(next.blocks, next.writtenMs);
+    // Evicted blocks are known from this copy at the next start, before upstream is reached:
+    // it is durable before any block is evicted.
+    let saved = true;
+    await this.saveLocalCopy(body).catch((err: Error) => {
+      saved = false;
+      this.opts.log(`upstream: keeping the local copy of the manifest failed: ${err.message}`);
+    });
+    if (saved) await this.evictBeyondCache();
     // Only now may what the previous manifest named, and this one does not, go.
     const keep = manifestObjects(next);
     for (const name of manifestObjects(previous)) {
@@ -384,10 +406,34 @@ export class Shipper {
     const file = await this.local.create(tmp);
     try {
       await file.writev([body], 0);
+      await file.datasync();
     } finally {
       await file.close();
     }
     await this.local.rename(tmp, LOCAL_MANIFEST);
+    await this.local.syncDir();
+  }
+
+  /** With a cache size: evicts the least recently read sealed blocks that are upstream until the local blocks fit. */
+  private async evictBeyondCache(): Promise<void> {
+    const sizes = new Map<string, number>();
+    for (const name of await this.local.local.list()) {
+      if (blockIdOf(name) === undefined) continue;
+      const st = await this.local.local.stat(name);
+      if (st) sizes.set(name, st.size);
+    }
+    let total = 0;
+    for (const size of sizes.values()) total += size;
+    this.localBlockBytes = total;
+    const limit = this.opts.cacheBytes;
+    if (limit === undefined || total <= limit) return;
+    for (const name of this.local.evictionCandidates(sizes.keys())) {
+      if (total <= limit) break;
+      await this.opts.evict(name);
+      total -= sizes.get(name)!;
+      this.evictions++;
+    }
+    this.localBlockBytes = total;
   }
 
   // ------------------------------------------------------------------ lease
@@ -444,4 +490,37 @@ export class Shipper {
     const held = await this.remote.get(LEASE_OBJECT);
     if (held && (JSON.parse(held.toString('utf8')) as { owner?: string }).owner === this.runId) await this.remote.delete(LEASE_OBJECT);
   }
+}
+
+/** What `zipkv stats` says of the upstream copy, from the local copy of the last manifest written. */
+export interface UpstreamSummary {
+  url: string | undefined;
+  lastShipped: string;
+  /** Records not named by that manifest (committed after it, or not yet shipped). */
+  recordsBehind: number;
+  blocksUpstream: number;
+  /** Blocks only upstream (evicted by --cache-size). */
+  blocksOnlyUpstream: number;
+}
+
+/** The local copy of the last manifest written upstream, if any. */
+export async function readLocalManifest(local: Storage): Promise<Manifest | undefined> {
+  if (!(await local.stat(LOCAL_MANIFEST))) return undefined;
+  const chunks: Buffer[] = [];
+  for await (const chunk of local.readStream(LOCAL_MANIFEST)) chunks.push(chunk as Buffer);
+  return parseManifest(Buffer.concat(chunks), `${local.root}/${LOCAL_MANIFEST}`);
+}
+
+export async function upstreamSummary(local: Storage, records: number): Promise<UpstreamSummary | undefined> {
+  const m = await readLocalManifest(local);
+  if (!m) return undefined;
+  const present = new Set(await local.list());
+  const names = Object.keys(m.blocks);
+  return {
+    url: m.url,
+    lastShipped: new Date(m.writtenMs).toISOString(),
+    recordsBehind: Math.max(0, records - m.records),
+    blocksUpstream: names.length,
+    blocksOnlyUpstream: names.filter((n) => !present.has(n)).length,
+  };
 }
