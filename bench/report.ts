@@ -3,6 +3,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import Table from 'cli-table3';
 import type { LoadResult } from './client.js';
+import type { UpstreamBenchResults } from './upstream.js';
 import type { CompactionBenchResults } from './compaction.js';
 import type { DiskFigures } from './disk.js';
 import type { CheckpointLatencyFigures, EngineResults } from './engine-figures.js';
@@ -91,6 +92,8 @@ export interface BenchResults {
   /** Foreground requests with a compaction running vs idle (bench/compaction.ts). */
   compaction?: CompactionBenchResults;
   compactionError?: string;
+  /** The upstream tier on Ceph radosgw (bench/upstream.ts), or why it was not measured. */
+  upstream?: UpstreamBenchResults | string;
   targets: Target[];
   /** Problems met on the way (a group that failed to start, say). */
   notes: string[];

@@ -21,6 +21,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { type LoadResult, runLoad } from './client.js';
 import { type CompactionBenchResults, formatCompaction, runCompactionBench } from './compaction.js';
+import { type UpstreamBenchResults, formatUpstream, runUpstreamBench } from './upstream.js';
 import { measureDisk } from './disk.js';
 import { type EngineResults, runEngine } from './engine-figures.js';
 import {
@@ -60,7 +61,7 @@ interface Options {
 function usage(): never {
   process.stdout.write(
     'usage: npm run bench -- [--quick] [--save] [--only <group|op|cell|engine>[,...]] [--profile]\n' +
-      'groups: 4k 64k 1m 4m list mixed engine compaction; ops: put get head list mixed; cells: e.g. put-4k-c16\n',
+      'groups: 4k 64k 1m 4m list mixed engine compaction upstream; ops: put get head list mixed; cells: e.g. put-4k-c16\n',
   );
   process.exit(0);
 }
@@ -235,9 +236,20 @@ async function main(): Promise<void> {
     }
   }
 
+  let upstream: UpstreamBenchResults | string | undefined;
+  if (!options.only || options.only.includes('upstream')) {
+    log(`\n== upstream tier on Ceph radosgw (at ${elapsed(started)}, load ${os.loadavg()[0]!.toFixed(2)})`);
+    try {
+      upstream = await runUpstreamBench({ quick: options.quick, log });
+    } catch (err) {
+      upstream = (err as Error).message;
+      log(`upstream figures failed: ${upstream}`);
+    }
+  }
+
   meta.loadEnd = os.loadavg();
   meta.seconds = (performance.now() - started) / 1000;
-  const results: BenchResults = { meta, cells, engine, engineError, compaction, compactionError, targets: computeTargets(cells, engine, meta), notes };
+  const results: BenchResults = { meta, cells, engine, engineError, compaction, compactionError, upstream, targets: computeTargets(cells, engine, meta), notes };
 
   const out = process.stdout;
   out.write(`\n${formatHeader(meta)}\n`);
@@ -248,6 +260,7 @@ async function main(): Promise<void> {
   if (cells.length) out.write(`${formatWorkloadTables(cells)}\n`);
   out.write(`${formatEngine(engine, engineError)}\n`);
   if (compaction || compactionError) out.write(`${formatCompaction(compaction, compactionError)}\n`);
+  if (upstream) out.write(`${formatUpstream(upstream)}\n`);
   out.write(`${formatTargets(results.targets)}\n`);
   for (const note of notes) out.write(`note: ${note}\n`);
   out.write(`\n(${meta.seconds.toFixed(0)} s)\n`);

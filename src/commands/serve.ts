@@ -51,7 +51,7 @@ Objects are packed into block files of at most the block size; every acknowledge
       helpValue: 'SIZE',
       dependsOn: ['upstream'],
     }),
-    'upstream-interval': Flags.string({ description: 'how often committed writes are shipped upstream: seconds (1) or a number with a unit s, m, h or d (1s, 5s, 1m)', default: '1s', dependsOn: ['upstream'] }),
+    'upstream-interval': Flags.string({ description: 'how often committed writes are shipped upstream: seconds (1) or a number with a unit s, m, h or d (1s, 5s, 1m); default 1s', dependsOn: ['upstream'] }),
     quiet: Flags.boolean({ char: 'q', description: 'no log line per request', default: false }),
     // For fault-injection tests only: checkpoints every few KB of journal instead of every 8 MiB,
     // so that a kill is likely to land in the middle of one. Not for production use.
@@ -84,7 +84,7 @@ Objects are packed into block files of at most the block size; every acknowledge
         upstream: flags.upstream,
         upstreamEndpoint: flags['upstream-endpoint'],
         cacheBytes: flags['cache-size'] === undefined ? undefined : parseSize(flags['cache-size'], '--cache-size'),
-        upstreamIntervalMs: flags.upstream ? parseDuration(flags['upstream-interval'], '--upstream-interval') : undefined,
+        upstreamIntervalMs: flags['upstream-interval'] === undefined ? undefined : parseDuration(flags['upstream-interval'], '--upstream-interval'),
         out: (line) => process.stdout.write(`${line}\n`),
         warn: (line) => process.stderr.write(`${line}\n`),
       });

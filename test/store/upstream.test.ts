@@ -63,33 +63,6 @@ let proxy: Cuttable;
 let prefixCount = 0;
 const open: Store[] = [];
 
-before(async function () {
-  this.timeout(120_000);
-  let port: number;
-  if (RGW) {
-    rgwDir = await tempDir('rgw');
-    await promisify(execFile)('bash', [rgwScript, 'up', rgwDir, String(RGW_PORT)]);
-    port = RGW_PORT;
-    const client = new S3Client({ endpoint: `http://127.0.0.1:${port}`, forcePathStyle: true, region: 'us-east-1', credentials: CREDENTIALS });
-    await client.send(new CreateBucketCommand({ Bucket: 'upstream' }));
-    client.destroy();
-  } else {
-    upstream = await startServer({ bucket: 'upstream' });
-    port = upstream.port;
-  }
-  proxy = new Cuttable(port);
-  await proxy.up();
-});
-after(async function () {
-  this.timeout(60_000);
-  await proxy.down();
-  await upstream?.stop();
-  if (rgwDir) await promisify(execFile)('bash', [rgwScript, 'down', rgwDir]);
-});
-afterEach(async () => {
-  for (const s of open.splice(0)) await s.close().catch(() => undefined);
-});
-
 function remote(prefix: string, timeoutMs = 5000): RemoteBucket {
   return new RemoteBucket(
     { bucket: 'upstream', prefix },
@@ -150,6 +123,32 @@ function newPrefix(): string {
 
 describe(`upstream tier (on ${RGW ? 'Ceph radosgw' : 'a second zipkv'})`, function () {
   this.timeout(60_000);
+  before(async function () {
+    this.timeout(120_000);
+    let port: number;
+    if (RGW) {
+      rgwDir = await tempDir('rgw');
+      await promisify(execFile)('bash', [rgwScript, 'up', rgwDir, String(RGW_PORT)]);
+      port = RGW_PORT;
+      const client = new S3Client({ endpoint: `http://127.0.0.1:${port}`, forcePathStyle: true, region: 'us-east-1', credentials: CREDENTIALS });
+      await client.send(new CreateBucketCommand({ Bucket: 'upstream' }));
+      client.destroy();
+    } else {
+      upstream = await startServer({ bucket: 'upstream' });
+      port = upstream.port;
+    }
+    proxy = new Cuttable(port);
+    await proxy.up();
+  });
+  after(async function () {
+    this.timeout(60_000);
+    await proxy.down();
+    await upstream?.stop();
+    if (rgwDir) await promisify(execFile)('bash', [rgwScript, 'down', rgwDir]);
+  });
+  afterEach(async () => {
+    for (const s of open.splice(0)) await s.close().catch(() => undefined);
+  });
 
   it('ships sealed blocks, the db and the committed journal; a restore gives the state shipped, byte for byte', async () => {
     const prefix = newPrefix();
@@ -318,5 +317,26 @@ describe(`upstream tier (on ${RGW ? 'Ceph radosgw' : 'a second zipkv'})`, functi
       await proxy.up();
     }
     expect((await s.read(s.head('k0')!)).equals(pseudoRandomBytes(70_000, 0))).to.equal(true);
+  });
+
+  it('after a crash in the middle of a shipment, the next start deletes what no manifest names and ships the rest', async () => {
+    const prefix = newPrefix();
+    const dir = await tempDir('up');
+    const s = await storeWithUpstream(dir, prefix);
+    for (let i = 0; i < 6; i++) await s.put(`k${i}`, pseudoRandomBytes(40_000, i));
+    await s.shipUpstream();
+    // What a shipment cut short leaves: objects uploaded, never named by a manifest.
+    const r = remote(prefix);
+    await r.put('block0000009999', Buffer.from('half a block'));
+    await r.put('zipkv-journal.dead.0.0-16', Buffer.alloc(16));
+    r.close();
+    await s.put('unshipped', pseudoRandomBytes(2000, 42));
+    await closeStore(s);
+    const again = await storeWithUpstream(dir, prefix);
+    await again.shipUpstream();
+    const names = await upstreamObjects(prefix);
+    expect(names).to.not.include('block0000009999');
+    expect(names).to.not.include('zipkv-journal.dead.0.0-16');
+    expect((await restoredState(prefix)).objects).to.deep.equal(await state(again));
   });
 });
