@@ -12,7 +12,7 @@
 import { execFile, execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { CreateBucketCommand, PutBucketAclCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, PutBucketPolicyCommand, S3Client } from '@aws-sdk/client-s3';
 import Table from 'cli-table3';
 import { type LoadResult, getObject, putObject, runLoad } from './client.js';
 import { ROOT, freshDir, freePort, startServer } from './servers.js';
@@ -81,7 +81,8 @@ export async function runUpstreamBench(options: { quick: boolean; log: (line: st
     await admin.send(new CreateBucketCommand({ Bucket: BUCKET }));
     // The same unsigned client talks to RGW directly: a bucket anyone may read and write (loopback only).
     await admin.send(new CreateBucketCommand({ Bucket: 'bucket' }));
-    await admin.send(new PutBucketAclCommand({ Bucket: 'bucket', ACL: 'public-read-write' }));
+    const policy = { Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: '*', Action: ['s3:GetObject', 's3:PutObject'], Resource: ['arn:aws:s3:::bucket/*'] }] };
+    await admin.send(new PutBucketPolicyCommand({ Bucket: 'bucket', Policy: JSON.stringify(policy) }));
     admin.destroy();
 
     const windowMs = options.quick ? 750 : 1500;
@@ -143,7 +144,7 @@ export async function runUpstreamBench(options: { quick: boolean; log: (line: st
     const restoreDir = path.join(await freshDir('restore'), 'store');
     const r = remote();
     started = performance.now();
-    await restoreStore(r, restoreDir);
+    await restoreStore(r, restoreDir, { allBlocks: true });
     const restoreSeconds = (performance.now() - started) / 1000;
     r.close();
     log(`  restored it in ${restoreSeconds.toFixed(1)} s`);

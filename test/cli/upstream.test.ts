@@ -43,7 +43,7 @@ describe('cli: zipkv serve --upstream, zipkv restore', function () {
     expect(killed.stdout + killed.stderr).to.not.include(env.AWS_SECRET_ACCESS_KEY);
 
     const restoredDir = path.join(work, 'restored');
-    const restored = await runZipkv(['restore', 's3://upstream/site1', '-dir', restoredDir, '--upstream-endpoint', upstream.url], { env });
+    const restored = await runZipkv(['restore', 's3://upstream/site1', '-dir', restoredDir, '--upstream-endpoint', upstream.url, '--all-blocks'], { env });
     expect(restored.code, restored.stderr).to.equal(0);
     expect(restored.stdout).to.match(/restored .*restored from s3:\/\/upstream\/site1\/: \d+ files/);
     const store = await openStore(restoredDir, { readOnly: true });

@@ -92,11 +92,12 @@ async function state(s: Store): Promise<Map<string, string | undefined>> {
   return out;
 }
 
+/** A self-contained restore (every block fetched), opened without the upstream. */
 async function restoredState(prefix: string, opts: { to?: number } = {}): Promise<{ revision: number; objects: Map<string, string | undefined> }> {
   const dir = `${await tempDir('restored')}/store`;
   const r = remote(prefix);
   try {
-    await restoreStore(r, dir, opts);
+    await restoreStore(r, dir, { ...opts, allBlocks: true });
   } finally {
     r.close();
   }
@@ -338,5 +339,24 @@ describe(`upstream tier (on ${RGW ? 'Ceph radosgw' : 'a second zipkv'})`, functi
     expect(names).to.not.include('block0000009999');
     expect(names).to.not.include('zipkv-journal.dead.0.0-16');
     expect((await restoredState(prefix)).objects).to.deep.equal(await state(again));
+  });
+
+  it('by default a restore leaves sealed blocks upstream: served with the upstream they read from there, opened without it the directory is refused', async () => {
+    const prefix = newPrefix();
+    const s = await storeWithUpstream(await tempDir('up'), prefix);
+    for (let i = 0; i < 12; i++) await s.put(`k${i}`, pseudoRandomBytes(30_000, i));
+    const expected = await state(s);
+    await closeStore(s);
+    const dir = `${await tempDir('restored')}/store`;
+    const r = remote(prefix);
+    const summary = await restoreStore(r, dir);
+    r.close();
+    expect(summary.blocksLeftUpstream).to.be.greaterThan(2);
+    expect((await fs.readdir(dir)).filter((n) => /^block\d+$/.test(n))).to.deep.equal([]);
+    let refused: unknown;
+    await openStore(dir, { readOnly: true }).then((x) => x.close(), (err: unknown) => (refused = err));
+    expect((refused as Error | undefined)?.message).to.match(/blocks .* are only upstream, in s3:\/\/upstream\/store\d+\/: open it with --upstream/);
+    const served = await storeWithUpstream(dir, prefix);
+    expect(await state(served)).to.deep.equal(expected);
   });
 });

@@ -1,7 +1,8 @@
 /**
  * Restore: a store directory built from its upstream copy, as the last manifest there describes
- * it (see upstream.ts). Every object the manifest names is fetched, its size checked, and
- * written; the files and the directory are synced; recovery then opens it like any directory
+ * it (see upstream.ts). The db, the journal and the blocks still being written are fetched (and,
+ * with `allBlocks`, every sealed block; otherwise those stay upstream and a server with the same
+ * --upstream reads them from there, as it reads blocks --cache-size evicted); sizes are checked; the files and the directory are synced; recovery then opens it like any directory
  * (a journal cut in the middle of a commit is dropped to its last whole commit). With `to`, the
  * restored store is rebased to that revision afterwards.
  */
@@ -12,9 +13,11 @@ import { JOURNAL_FILE } from './files.js';
 import { DestinationNotEmptyError, rebaseInPlace } from './rebase.js';
 import { LocalStorage } from './storage/local.js';
 import type { RemoteBucket } from './storage/remote.js';
-import { MANIFEST_OBJECT, type Piece, parseManifest } from './upstream.js';
+import { LOCAL_MANIFEST, MANIFEST_OBJECT, type Piece, parseManifest } from './upstream.js';
 
 export interface RestoreOptions {
+  /** Fetch every sealed block now (default: they stay upstream and are read from there when needed). */
+  allBlocks?: boolean;
   /** Rebase the restored store to this revision (inclusive). */
   to?: number;
   /** Blocks fetched at once. */
@@ -30,6 +33,8 @@ export interface RestoreSummary {
   shippedAt: string;
   files: number;
   bytes: number;
+  /** Sealed blocks left upstream, to be read from there by a server with --upstream. */
+  blocksLeftUpstream: number;
   rebasedTo: number | undefined;
 }
 
@@ -48,7 +53,7 @@ export async function restoreStore(remote: RemoteBucket, dir: string, opts: Rest
 
   // Each local file, from one whole object or from the pieces of a growing one.
   const files: Array<{ name: string; pieces: Piece[] }> = [];
-  for (const [name, size] of Object.entries(manifest.blocks)) files.push({ name, pieces: [{ object: name, from: 0, to: size }] });
+  if (opts.allBlocks) for (const [name, size] of Object.entries(manifest.blocks)) files.push({ name, pieces: [{ object: name, from: 0, to: size }] });
   for (const [name, shipped] of Object.entries(manifest.open)) files.push({ name, pieces: shipped.pieces });
   if (manifest.db) files.push({ name: manifest.db.name, pieces: [{ object: manifest.db.object, from: 0, to: manifest.db.size }] });
   if (manifest.journal.pieces.length > 0) files.push({ name: JOURNAL_FILE, pieces: manifest.journal.pieces });
@@ -73,6 +78,8 @@ export async function restoreStore(remote: RemoteBucket, dir: string, opts: Rest
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, opts.parallel ?? 4) }, worker));
+  // The blocks left upstream are known from the manifest's local copy, as evicted ones are.
+  await fsp.writeFile(path.join(dir, LOCAL_MANIFEST), bytes, { mode: 0o600, flush: true });
   await new LocalStorage(dir).syncDir();
 
   if (opts.to !== undefined) await rebaseInPlace(dir, opts.to);
@@ -82,6 +89,7 @@ export async function restoreStore(remote: RemoteBucket, dir: string, opts: Rest
     shippedAt: new Date(manifest.writtenMs).toISOString(),
     files: files.length,
     bytes: total,
+    blocksLeftUpstream: opts.allBlocks ? 0 : Object.keys(manifest.blocks).length,
     rebasedTo: opts.to,
   };
 }

@@ -212,6 +212,7 @@ export class Store {
     }
     try {
       if (store.storage instanceof TieredStorage) await store.loadUpstreamBlocks(store.storage);
+      else await store.assertNoBlockOnlyUpstream();
       await store.recover(opts, lock);
     } catch (err) {
       await lock?.release();
@@ -308,6 +309,24 @@ export class Store {
       cachedBodyBytes: this.cache.size,
       upstream: this.shipper?.stats(),
     };
+  }
+
+  /**
+   * Opened without its upstream, a directory whose blocks are partly only upstream (evicted, or
+   * left there by a restore) is refused: recovery would take their records for a torn tail.
+   */
+  private async assertNoBlockOnlyUpstream(): Promise<void> {
+    const manifest = await readLocalManifest(this.storage);
+    if (!manifest) return;
+    const present = new Set(await this.storage.list());
+    const missing = Object.keys(manifest.blocks).filter((name) => !present.has(name));
+    if (missing.length === 0) return;
+    const url = manifest.url ?? 's3://BUCKET/PREFIX';
+    throw new StoreError(
+      'EUPSTREAMONLY',
+      `${this.dir}: ${missing.length} blocks (${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ', ...' : ''}) are only upstream, in ${url}: ` +
+        `open it with --upstream ${url}, or make a self-contained copy with zipkv restore ${url} -dir NEWDIR --all-blocks`,
+    );
   }
 
   /** Blocks only upstream are known, before recovery looks for them, from the last manifest written. */
