@@ -17,7 +17,9 @@ import { type Store, openStore } from '../../src/lib/store/store.js';
 import { UpstreamError } from '../../src/lib/store/storage/remote.js';
 import { LEASE_OBJECT, MANIFEST_OBJECT, UpstreamLeaseError } from '../../src/lib/store/upstream.js';
 import fs from 'node:fs/promises';
-import { type TestServer, startServer } from '../helpers/server.js';
+import { GetObjectCommand } from '@aws-sdk/client-s3';
+import { S3Server } from '../../src/lib/s3/server.js';
+import { type TestServer, clientFor, s3Fails, startServer } from '../helpers/server.js';
 import { repoRoot, tempDir } from '../helpers/paths.js';
 import { allKeys, md5Of, pseudoRandomBytes } from './util.js';
 
@@ -316,6 +318,24 @@ describe(`upstream tier (on ${RGW ? 'Ceph radosgw' : 'a second zipkv'})`, functi
       expect((await s.read(s.head('local')!)).length).to.equal(1000);
     } finally {
       await proxy.up();
+    }
+    // Through S3: 503 while upstream is down, for small and streamed objects alike.
+    await s.put('streamed', pseudoRandomBytes(300_000, 3));
+    await s.put('seals-the-block-before', pseudoRandomBytes(70_000, 4));
+    await s.shipUpstream();
+    const server = new S3Server(s, { host: '127.0.0.1', port: 0, bucket: 'bucket' });
+    const { port } = await server.listen();
+    const client = clientFor(`http://127.0.0.1:${port}`);
+    await proxy.down();
+    try {
+      for (const key of ['k1', 'streamed']) {
+        const err = await s3Fails(client.send(new GetObjectCommand({ Bucket: 'bucket', Key: key })));
+        expect(err.$metadata.httpStatusCode, key).to.equal(503);
+      }
+    } finally {
+      await proxy.up();
+      client.destroy();
+      await server.close();
     }
     expect((await s.read(s.head('k0')!)).equals(pseudoRandomBytes(70_000, 0))).to.equal(true);
   });

@@ -1,4 +1,5 @@
 /** Object operations: GetObject, HeadObject, PutObject, CopyObject, DeleteObject. */
+import { once } from 'node:events';
 import type { OutgoingHttpHeaders } from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import { MAX_OBJECT_SIZE } from '../store/files.js';
@@ -148,8 +149,17 @@ export async function getObject(ctx: RequestContext, headOnly: boolean): Promise
     ctx.res.end(body);
     return;
   }
+  const stream = ctx.store.createReadStream(info, start, end);
+  // The status goes out with the first bytes: a read that fails at once (an evicted block while
+  // the upstream is down, a disk error) still gets an error reply instead of a cut connection.
+  try {
+    await once(stream, 'readable');
+  } catch (err) {
+    stream.destroy();
+    throw err;
+  }
   ctx.res.writeHead(status, headers);
-  await pipeline(ctx.store.createReadStream(info, start, end), ctx.res);
+  await pipeline(stream, ctx.res);
 }
 
 /**

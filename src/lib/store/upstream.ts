@@ -141,9 +141,19 @@ function blockIdOf(name: string): number | undefined {
   return m ? Number(m[1]) : undefined;
 }
 
+/** The snapshot changed under a read (a journal replaced meanwhile): try again at the next tick. */
+class Moved extends Error {}
+
 /** Bytes [from, to) of a local file. */
 async function readRange(storage: Storage, name: string, from: number, to: number): Promise<Buffer> {
-  const file = await storage.openRead(name);
+  let file;
+  try {
+    file = await storage.openRead(name);
+  } catch (err) {
+    // Replaced since the snapshot (a checkpoint's db, a block compaction deleted).
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Moved();
+    throw err;
+  }
   try {
     const buf = Buffer.allocUnsafe(to - from);
     await readFully(file, buf, to - from, from);
@@ -153,8 +163,6 @@ async function readRange(storage: Storage, name: string, from: number, to: numbe
   }
 }
 
-/** The snapshot changed under a read (a journal replaced meanwhile): try again at the next tick. */
-class Moved extends Error {}
 
 export interface ShipperOptions {
   intervalMs?: number;
@@ -246,8 +254,14 @@ export class Shipper {
 
   /** One shipment now (tests, and `stop`). */
   async shipNow(): Promise<void> {
-    while (this.running) await this.running;
-    await this.shipOnce();
+    for (let attempt = 1; ; attempt++) {
+      while (this.running) await this.running;
+      try {
+        return await this.shipOnce();
+      } catch (err) {
+        if (!(err instanceof Moved) || attempt === 5) throw err;
+      }
+    }
   }
 
   private schedule(delayMs: number): void {
