@@ -187,6 +187,8 @@ export class Shipper {
   private failing: string | undefined;
   private leaseRenewedMs = 0;
   private lostLease = false;
+  /** The last shipment took much longer than the interval. */
+  private slow = false;
   private lagBytes = 0;
   private shippedBytes = 0;
   private manifests = 0;
@@ -282,7 +284,14 @@ export class Shipper {
     try {
       if (Date.now() - this.leaseRenewedMs >= LEASE_RENEW_MS) await this.renewLease();
       if (this.lostLease) return;
+      const started = Date.now();
       await this.shipOnce();
+      const tookMs = Date.now() - started;
+      // Slow without failing (a large block upload, a slow upstream): the recovery point grows.
+      const slow = tookMs > Math.max(5000, 5 * this.intervalMs);
+      if (slow && !this.slow) this.opts.log(`upstream: shipping is behind: a shipment took ${(tookMs / 1000).toFixed(1)} s (interval ${this.intervalMs / 1000} s)`);
+      else if (!slow && this.slow) this.opts.log(`upstream: shipping caught up (a shipment took ${(tookMs / 1000).toFixed(1)} s)`);
+      this.slow = slow;
       if (this.failures > 0) this.opts.log(`upstream: ${this.remote.url} reachable again; shipping caught up after ${this.failures} failed attempt(s)`);
       this.failures = 0;
       this.failing = undefined;
