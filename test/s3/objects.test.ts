@@ -211,3 +211,30 @@ describe('s3: objects (AWS SDK)', () => {
     expect(err.name).to.equal('KeyTooLongError');
   });
 });
+
+describe('s3: conditional PUT (If-None-Match: *)', () => {
+  let srv: TestServer;
+  before(async () => {
+    srv = await startServer();
+  });
+  after(async () => {
+    await srv.stop();
+  });
+
+  it('creates an object only if the key holds none: 412 PreconditionFailed otherwise, and the object is unchanged', async () => {
+    await srv.client.send(new PutObjectCommand({ Bucket: 'bucket', Key: 'once', Body: 'first', IfNoneMatch: '*' }));
+    const err = await s3Fails(srv.client.send(new PutObjectCommand({ Bucket: 'bucket', Key: 'once', Body: 'second', IfNoneMatch: '*' })));
+    expect(err.$metadata.httpStatusCode).to.equal(412);
+    expect(err.name).to.equal('PreconditionFailed');
+    const got = await srv.client.send(new GetObjectCommand({ Bucket: 'bucket', Key: 'once' }));
+    expect((await bodyBytes(got.Body)).toString()).to.equal('first');
+    const revision = srv.store.revision;
+    // Other values are not what S3 takes on PUT.
+    const bad = await rawRequest(srv.port, { method: 'PUT', path: '/bucket/other', headers: { 'if-none-match': '"abc"', 'content-length': '1' }, body: 'x' });
+    expect(bad.status).to.equal(501);
+    expect(srv.store.revision).to.equal(revision);
+    // Deleted, the key may be created again.
+    await srv.client.send(new DeleteObjectCommand({ Bucket: 'bucket', Key: 'once' }));
+    await srv.client.send(new PutObjectCommand({ Bucket: 'bucket', Key: 'once', Body: 'again', IfNoneMatch: '*' }));
+  });
+});
