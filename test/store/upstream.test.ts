@@ -12,6 +12,8 @@ import { promisify } from 'node:util';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { expect } from 'chai';
 import { restoreStore } from '../../src/lib/store/restore.js';
+import { FaultyStorage } from '../../src/lib/store/storage/faults.js';
+import { LocalStorage } from '../../src/lib/store/storage/local.js';
 import { RemoteBucket } from '../../src/lib/store/storage/remote.js';
 import { type Store, openStore } from '../../src/lib/store/store.js';
 import { UpstreamError } from '../../src/lib/store/storage/remote.js';
@@ -72,9 +74,10 @@ function remote(prefix: string, timeoutMs = 5000): RemoteBucket {
   );
 }
 
-async function storeWithUpstream(dir: string, prefix: string, opts: { cacheBytes?: number } = {}): Promise<Store> {
+async function storeWithUpstream(dir: string, prefix: string, opts: { cacheBytes?: number; storage?: FaultyStorage } = {}): Promise<Store> {
   // An interval longer than any test: shipments happen when a test asks (shipUpstream).
   const s = await openStore(dir, {
+    storage: opts.storage,
     fsync: false,
     blockSize: BLOCK,
     upstream: { remote: remote(prefix), intervalMs: 3_600_000, cacheBytes: opts.cacheBytes, log: () => undefined },
@@ -378,5 +381,38 @@ describe(`upstream tier (on ${RGW ? 'Ceph radosgw' : 'a second zipkv'})`, functi
     expect((refused as Error | undefined)?.message).to.match(/blocks .* are only upstream, in s3:\/\/upstream\/store\d+\/: open it with --upstream/);
     const served = await storeWithUpstream(dir, prefix);
     expect(await state(served)).to.deep.equal(expected);
+  });
+
+  it('a local read or write the shipper needs that fails (reading a block, the journal, the db; keeping the manifest copy) delays shipping and loses nothing', async () => {
+    const cases: Array<{ op: 'openRead' | 'read' | 'stat' | 'list' | 'create' | 'rename' | 'datasync'; name?: RegExp }> = [
+      { op: 'openRead', name: /^block/ },
+      { op: 'read', name: /zipkv-journal/ },
+      { op: 'openRead', name: /^db/ },
+      { op: 'list' },
+      { op: 'create', name: /zipkv-upstream/ },
+      { op: 'rename', name: /zipkv-upstream/ },
+    ];
+    for (const [i, rule] of cases.entries()) {
+      const prefix = newPrefix();
+      const dir = await tempDir('up');
+      const storage = new FaultyStorage(new LocalStorage(dir));
+      const s = await storeWithUpstream(dir, prefix, { storage });
+      for (let k = 0; k < 8; k++) await s.put(`k${k}`, pseudoRandomBytes(40_000, i * 10 + k));
+      await s.checkpoint();
+      await s.put('after-checkpoint', pseudoRandomBytes(500, i));
+      storage.fail({ op: rule.op, name: rule.name, code: 'EIO' });
+      let failed: unknown;
+      await s.shipUpstream().catch((err: unknown) => (failed = err));
+      const label = `${rule.op} ${rule.name ?? ''}`;
+      // A failure before the manifest leaves upstream behind; one in the local copy after it only delays eviction.
+      if (rule.name?.source.includes('zipkv-upstream')) expect(failed, label).to.equal(undefined);
+      else expect((failed as Error | undefined)?.message, label).to.match(/EIO/);
+      // Writes go on meanwhile.
+      await s.put('during', pseudoRandomBytes(700, i));
+      storage.heal();
+      await s.shipUpstream();
+      expect((await restoredState(prefix)).objects, label).to.deep.equal(await state(s));
+      await closeStore(s);
+    }
   });
 });
