@@ -1,7 +1,6 @@
 /** Object operations: GetObject, HeadObject, PutObject, CopyObject, DeleteObject. */
 import { once } from 'node:events';
 import type { OutgoingHttpHeaders } from 'node:http';
-import { pipeline } from 'node:stream/promises';
 import { MAX_OBJECT_SIZE } from '../store/files.js';
 import type { ObjectInfo } from '../store/store.js';
 import { contentLength, openRequestBody } from './body.js';
@@ -9,7 +8,7 @@ import { header, type RequestContext } from './context.js';
 import { s3Error } from './errors.js';
 import { RESPONSE_OVERRIDES, objectMetadataFrom, putMetadataHeaders } from './metadata.js';
 import { conditionHeaders, evaluatePreconditions, parseRange } from './preconditions.js';
-import { sendEmpty, sendXml } from './respond.js';
+import { sendEmpty, sendStream, sendXml } from './respond.js';
 import { parseVersionId } from './versions.js';
 import { xmlDocument } from './xml.js';
 
@@ -159,7 +158,7 @@ export async function getObject(ctx: RequestContext, headOnly: boolean): Promise
     throw err;
   }
   ctx.res.writeHead(status, headers);
-  await pipeline(stream, ctx.res);
+  await sendStream(ctx, stream);
 }
 
 /**

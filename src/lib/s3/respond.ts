@@ -1,4 +1,5 @@
-/** Writing replies: XML documents, empty replies and S3 error documents. */
+/** Writing replies: XML documents, empty replies, streamed bodies and S3 error documents. */
+import type { Readable } from 'node:stream';
 import type { RequestContext } from './context.js';
 import { resourceOf } from './context.js';
 import { S3Error, s3Error } from './errors.js';
@@ -26,6 +27,42 @@ export function sendEmpty(ctx: RequestContext, status: number, headers: Record<s
   headers['Content-Length'] = 0;
   ctx.res.writeHead(status, headers);
   ctx.res.end();
+}
+
+/**
+ * Sends a stream of the store's as the reply body (the status is already written), with
+ * backpressure, and gives each chunk back to the store once the socket has its bytes. Settles
+ * when the reply has finished; fails, with the stream destroyed, if the client goes away first.
+ */
+export function sendStream(ctx: RequestContext, stream: Readable): Promise<void> {
+  const { res, store } = ctx;
+  return new Promise<void>((resolve, reject) => {
+    let settled = false;
+    const settle = (err?: Error): void => {
+      if (settled) return;
+      settled = true;
+      stream.off('data', onData);
+      res.off('drain', onDrain);
+      res.off('close', onClose);
+      if (err) {
+        stream.destroy();
+        res.destroy();
+        reject(err);
+      } else resolve();
+    };
+    const onData = (chunk: Buffer): void => {
+      // A failed write may still hold the chunk somewhere: it is then left to the collector.
+      if (!res.write(chunk, (err) => void (err ? undefined : store.recycle(chunk)))) stream.pause();
+    };
+    const onDrain = (): void => void stream.resume();
+    const onClose = (): void => settle(res.writableFinished ? undefined : Object.assign(new Error('The client closed the connection'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
+    stream.on('data', onData);
+    stream.once('end', () => res.end(() => settle()));
+    stream.once('error', (err: Error) => settle(err));
+    res.on('drain', onDrain);
+    res.once('close', onClose);
+    stream.resume();
+  });
 }
 
 /** Turns anything thrown by a handler into the S3 error a client understands. */

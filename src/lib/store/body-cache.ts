@@ -40,6 +40,7 @@ export class BodyCache {
     }
     this.entries.set(key, body);
     this.bytes += body.length;
+    if (this.bytes <= this.capacity) return;
     for (const [k, v] of this.entries) {
       if (this.bytes <= this.capacity) break;
       this.entries.delete(k);

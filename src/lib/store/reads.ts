@@ -75,6 +75,11 @@ export class ObjectReader {
     return this.blocks.stream(entry.block, entry.offset + from, length);
   }
 
+  /** Gives back a chunk of `createReadStream` nothing holds any more (see BlockReader.recycle). */
+  recycle(chunk: Uint8Array): void {
+    this.blocks.recycle(chunk);
+  }
+
   /** Bytes [start, end] (inclusive) of an object as one buffer: for small reads. */
   async read(info: ObjectInfo, start = 0, end = info.size - 1): Promise<Buffer> {
     const { block, offset, size } = info.entry;

@@ -371,6 +371,14 @@ export class Store {
     return this.reader.createReadStream(info, start, end);
   }
 
+  /**
+   * Gives back a chunk of `createReadStream` once nothing holds it any more (a socket has taken
+   * its bytes), so that the next read reuses its memory.
+   */
+  recycle(chunk: Uint8Array): void {
+    this.reader.recycle(chunk);
+  }
+
   /** Bytes [start, end] (inclusive) of an object as one buffer: for small reads. */
   async read(info: ObjectInfo, start?: number, end?: number): Promise<Buffer> {
     this.assertReadable();

@@ -159,8 +159,7 @@ export class Writer {
       if (reservation && size <= DEFERRED_BODY_MAX && this.heldBytes + size <= HELD_BODY_BYTES) {
         held = size;
         this.heldBytes += size;
-        data = [];
-        for await (const chunk of check.chunks(body)) data.push(chunk);
+        data = await check.readAll(body);
       } else if (reservation) {
         // A small body over the memory budget (many slow uploads at once) is written chunk by
         // chunk as it arrives, so it holds no more than its socket's buffer.
@@ -168,7 +167,7 @@ export class Writer {
         const pieceBytes = size <= DEFERRED_BODY_MAX ? 0 : undefined;
         await writePieces(check.chunks(body), (buffers, position) => block.writev(buffers, position), offset, pieceBytes);
       } else {
-        for await (const _ of check.chunks(body)) void _; // an empty body: only checks it is empty
+        await check.readAll(body); // an empty body: only checks it is empty
       }
       const { md5 } = check.finish();
       const location: Location = {
