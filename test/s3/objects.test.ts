@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import http from 'node:http';
 import {
   CopyObjectCommand,
   DeleteObjectCommand,
@@ -152,6 +153,46 @@ describe('s3: objects (AWS SDK)', () => {
     expect(md5(await bodyBytes(get.Body))).to.equal(md5(body));
     const part = await t.client.send(new GetObjectCommand({ Bucket: 'bucket', Key: 'large', Range: 'bytes=1048570-2097160' }));
     expect((await bodyBytes(part.Body)).equals(body.subarray(1048570, 2097161))).to.equal(true);
+  });
+
+  it('many large GETs at once, some cut off by their client, each complete one byte-exact (read buffers are reused)', async function () {
+    this.timeout(60_000);
+    const bodies = [0, 1, 2].map((i) => randomBytes(6 * 1024 * 1024 + 1000 * i + 7));
+    for (let i = 0; i < bodies.length; i++) await t.client.send(new PutObjectCommand({ Bucket: 'bucket', Key: `many/${i}`, Body: bodies[i] }));
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 12 });
+    try {
+      const get = (i: number, cut: boolean, range?: [number, number]) =>
+        new Promise<Buffer | undefined>((resolve, reject) => {
+          const req = http.get(`${t.url}/bucket/many/${i}`, { agent, headers: range ? { Range: `bytes=${range[0]}-${range[1]}` } : {} }, (res) => {
+            const chunks: Buffer[] = [];
+            res.on('data', (c: Buffer) => {
+              chunks.push(c);
+              if (cut && chunks.length === 1) {
+                req.destroy();
+                resolve(undefined);
+              } else if (chunks.length === 1) {
+                // A slow reader: the socket fills, and the server's writes wait with their buffers.
+                res.pause();
+                setTimeout(() => res.resume(), 30);
+              }
+            });
+            res.on('end', () => resolve(Buffer.concat(chunks)));
+            res.on('error', (err) => (cut ? resolve(undefined) : reject(err)));
+          });
+          req.on('error', (err) => (cut ? resolve(undefined) : reject(err)));
+        });
+      for (let round = 0; round < 3; round++) {
+        const asked = Array.from({ length: 12 }, (_, n) => ({ i: n % 3, cut: n % 4 === 3, range: n % 5 === 1 ? ([1000, 1024 * 1024 + 5000] as [number, number]) : undefined }));
+        const got = await Promise.all(asked.map((a) => get(a.i, a.cut, a.range)));
+        asked.forEach((a, n) => {
+          if (a.cut) return;
+          const expected = a.range ? bodies[a.i]!.subarray(a.range[0], a.range[1] + 1) : bodies[a.i]!;
+          expect(md5(got[n]!), `GET ${n} of many/${a.i}`).to.equal(md5(expected));
+        });
+      }
+    } finally {
+      agent.destroy();
+    }
   });
 
   it('conditional GET: If-None-Match -> 304, If-Match mismatch -> 412, dates', async () => {

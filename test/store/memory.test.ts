@@ -1,7 +1,9 @@
 /** Memory the engine holds for bodies: bounded in total, whatever the clients do. */
+import { createHash } from 'node:crypto';
 import { PassThrough } from 'node:stream';
 import { expect } from 'chai';
 import { BodyCache, CACHED_BODY_MAX } from '../../src/lib/store/body-cache.js';
+import { BodySizeMismatchError } from '../../src/lib/store/errors.js';
 import { FaultyStorage } from '../../src/lib/store/storage/faults.js';
 import { LocalStorage } from '../../src/lib/store/storage/local.js';
 import { openStore } from '../../src/lib/store/store.js';
@@ -27,6 +29,96 @@ describe('store: memory for bodies', () => {
       await Promise.all(puts);
       expect(store.stats().heldBodyBytes).to.equal(0);
       for (const i of [0, 1, 500, 999]) expect(await md5Of(store, `slow/${i}`)).to.equal(md5hex(pseudoRandomBytes(size, i)));
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('a small upload cut off mid-body, or failing, writes nothing and gives its memory back', async () => {
+    const store = await openStore(await tempDir('cut'), { fsync: false });
+    try {
+      const revision = store.stats().revision;
+      const cut = new PassThrough();
+      const cutPut = store.put('cut', cut, { size: 4096 });
+      cut.write(Buffer.alloc(1000, 1));
+      await sleep(20);
+      expect(store.stats().heldBodyBytes).to.equal(4096);
+      cut.destroy(); // the client went away
+      const failing = new PassThrough();
+      const failingPut = store.put('failing', failing, { size: 4096 });
+      failing.write(Buffer.alloc(1000, 2));
+      failing.destroy(new Error('the decoder failed'));
+      const long = new PassThrough();
+      const longPut = store.put('long', long, { size: 10 });
+      long.end(Buffer.alloc(11, 3));
+      const short = new PassThrough();
+      const shortPut = store.put('short', short, { size: 10 });
+      short.end(Buffer.alloc(9, 4));
+      const errors = await Promise.all([cutPut, failingPut, longPut, shortPut].map((p) => p.then(() => undefined, (err: Error) => err)));
+      expect((errors[0] as NodeJS.ErrnoException | undefined)?.code).to.equal('ERR_STREAM_PREMATURE_CLOSE');
+      expect(errors[1]?.message).to.equal('the decoder failed');
+      expect(errors[2]).to.be.instanceOf(BodySizeMismatchError);
+      expect(errors[3]).to.be.instanceOf(BodySizeMismatchError);
+      for (const key of ['cut', 'failing', 'long', 'short']) expect(store.head(key), key).to.equal(undefined);
+      expect(store.stats().heldBodyBytes).to.equal(0);
+      expect(store.stats().revision).to.equal(revision);
+      // The same body whole is stored, hashed in one call.
+      const whole = new PassThrough();
+      const wholePut = store.put('whole', whole, { size: 4096 });
+      whole.end(pseudoRandomBytes(4096, 5));
+      expect((await wholePut).etag).to.equal(md5hex(pseudoRandomBytes(4096, 5)));
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('streamed reads reuse piece buffers given back, never one still held: concurrent reads, some abandoned, are all intact', async function () {
+    this.timeout(60_000);
+    const store = await openStore(await tempDir('pieces'), { fsync: false });
+    try {
+      const sizes = [3 * 1024 * 1024 + 7, 2 * 1024 * 1024, 1024 * 1024 + 1, 5 * 1024 * 1024 + 3];
+      for (let i = 0; i < sizes.length; i++) await store.put(`big/${i}`, pseudoRandomBytes(sizes[i]!, 10 + i));
+      const memories = new Set<ArrayBufferLike>();
+      let chunks = 0;
+      // A consumer like the S3 GET: hashes a chunk, then gives it back; every third abandons its read.
+      const readOnce = (i: number, n: number) =>
+        new Promise<string | undefined>((resolve, reject) => {
+          const stream = store.createReadStream(store.head(`big/${i}`)!);
+          const hash = createHash('md5');
+          let seen = 0;
+          stream.on('data', (chunk: Buffer) => {
+            hash.update(chunk);
+            memories.add(chunk.buffer);
+            chunks++;
+            if (n % 3 === 2 && ++seen === 2) {
+              stream.destroy();
+              return resolve(undefined);
+            }
+            // Given back a little later, as a socket would once it has sent the bytes.
+            setImmediate(() => store.recycle(chunk));
+          });
+          stream.on('end', () => resolve(hash.digest('hex')));
+          stream.on('error', reject);
+        });
+      for (let round = 0; round < 4; round++) {
+        const reads = Array.from({ length: 8 }, (_, n) => ({ i: n % sizes.length, n }));
+        const digests = await Promise.all(reads.map(({ i, n }) => readOnce(i, n)));
+        reads.forEach(({ i, n }, k) => {
+          if (n % 3 !== 2) expect(digests[k], `read ${n} of big/${i}`).to.equal(md5hex(pseudoRandomBytes(sizes[i]!, 10 + i)));
+        });
+      }
+      expect(memories.size, 'buffers were used again').to.be.below(chunks / 2);
+      // A buffer given back twice, or one that was never lent, goes to one stream at most: the
+      // first chunks of two reads at once, both still held, hold each its own bytes.
+      const first = await new Promise<Buffer>((resolve) => store.createReadStream(store.head('big/0')!).once('data', resolve));
+      store.recycle(first);
+      store.recycle(first);
+      store.recycle(Buffer.alloc(1024 * 1024));
+      const [a, b] = await Promise.all(
+        [0, 3].map((i) => new Promise<Buffer>((resolve) => store.createReadStream(store.head(`big/${i}`)!).once('data', resolve))),
+      );
+      expect(a!.equals(pseudoRandomBytes(sizes[0]!, 10).subarray(0, a!.length))).to.equal(true);
+      expect(b!.equals(pseudoRandomBytes(sizes[3]!, 13).subarray(0, b!.length))).to.equal(true);
     } finally {
       await store.close();
     }
