@@ -54,12 +54,16 @@ describe('store: memory for bodies', () => {
       const short = new PassThrough();
       const shortPut = store.put('short', short, { size: 10 });
       short.end(Buffer.alloc(9, 4));
-      const errors = await Promise.all([cutPut, failingPut, longPut, shortPut].map((p) => p.then(() => undefined, (err: Error) => err)));
+      const gone = new PassThrough();
+      gone.destroy(); // closed before the store ever saw it
+      const gonePut = store.put('gone', gone, { size: 4096 });
+      const errors = await Promise.all([cutPut, failingPut, longPut, shortPut, gonePut].map((p) => p.then(() => undefined, (err: Error) => err)));
       expect((errors[0] as NodeJS.ErrnoException | undefined)?.code).to.equal('ERR_STREAM_PREMATURE_CLOSE');
       expect(errors[1]?.message).to.equal('the decoder failed');
       expect(errors[2]).to.be.instanceOf(BodySizeMismatchError);
       expect(errors[3]).to.be.instanceOf(BodySizeMismatchError);
-      for (const key of ['cut', 'failing', 'long', 'short']) expect(store.head(key), key).to.equal(undefined);
+      expect((errors[4] as NodeJS.ErrnoException | undefined)?.code).to.equal('ERR_STREAM_PREMATURE_CLOSE');
+      for (const key of ['cut', 'failing', 'long', 'short', 'gone']) expect(store.head(key), key).to.equal(undefined);
       expect(store.stats().heldBodyBytes).to.equal(0);
       expect(store.stats().revision).to.equal(revision);
       // The same body whole is stored, hashed in one call.

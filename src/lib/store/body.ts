@@ -67,6 +67,8 @@ export class BodyCheck {
       this.whole = [Buffer.from(body.buffer, body.byteOffset, body.byteLength)];
       return Promise.resolve(this.whole);
     }
+    // A stream already gone never emits again: waiting for it would hold the body's memory.
+    if (body.destroyed) return Promise.reject(body.errored ?? prematureClose());
     return new Promise<Buffer[]>((resolve, reject) => {
       const chunks: Buffer[] = [];
       const done = (err: Error | undefined): void => {
@@ -98,12 +100,12 @@ export class BodyCheck {
         }
         done(undefined);
       };
-      // Closed before its end: the client went away (what stream.finished calls a premature close).
-      const onClose = (): void => done(Object.assign(new Error('The request body ended early'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
+      const onClose = (): void => done(prematureClose());
       body.on('data', onData);
       body.on('end', onEnd);
       body.on('error', done);
       body.on('close', onClose);
+      body.resume(); // even if something paused it
     });
   }
 
@@ -129,6 +131,11 @@ export class BodyCheck {
     if (this.size !== undefined && this.received > this.size) throw new BodySizeMismatchError(this.size, this.received);
     if (this.received > MAX_OBJECT_SIZE) throw new ObjectTooLargeError(this.received, MAX_OBJECT_SIZE);
   }
+}
+
+/** What stream.finished calls a stream closed before its end: here, a client that went away. */
+function prematureClose(): Error {
+  return Object.assign(new Error('The request body ended early'), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
 }
 
 /** Large bodies are written in pieces of about this size, one piece in flight at a time. */
