@@ -14,6 +14,7 @@ import {
   StoreStateError,
   VersionForgottenError,
 } from '../store/errors.js';
+import { prematureClose } from '../store/body.js';
 import { UpstreamError } from '../store/storage/remote.js';
 
 export function sendXml(ctx: RequestContext, status: number, xml: string): void {
@@ -55,7 +56,7 @@ export function sendStream(ctx: RequestContext, stream: Readable): Promise<void>
       if (!res.write(chunk, (err) => void (err ? undefined : store.recycle(chunk)))) stream.pause();
     };
     const onDrain = (): void => void stream.resume();
-    const onClose = (): void => settle(res.writableFinished ? undefined : Object.assign(new Error('The client closed the connection'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
+    const onClose = (): void => settle(res.writableFinished ? undefined : prematureClose('The client closed the connection'));
     stream.on('data', onData);
     stream.once('end', () => res.end(() => settle()));
     stream.once('error', (err: Error) => settle(err));

@@ -189,7 +189,7 @@ class PieceBuffers {
 }
 
 /** A piece of a streamed read: its bytes once read, or why they could not be. */
-interface Piece {
+interface ReadPiece {
   chunk?: Buffer;
   error?: Error;
 }
@@ -245,7 +245,7 @@ export class BlockReader {
     const end = offset + size;
     let entry: CachedHandle | undefined;
     /** Pieces being read, in order; each is pushed once it and those before it are in. */
-    const pieces: Piece[] = [];
+    const pieces: ReadPiece[] = [];
     let inFlight = 0;
     let aheadBytes = 0;
     let finished = false;
@@ -274,7 +274,7 @@ export class BlockReader {
     const fill = () => {
       while (position < end && (pieces.length === 0 || aheadBytes + readable.readableLength < READ_AHEAD)) {
         const length = Math.min(end - position, READ_PIECE);
-        const piece: Piece = {};
+        const piece: ReadPiece = {};
         pieces.push(piece);
         aheadBytes += length;
         inFlight++;

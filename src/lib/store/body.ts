@@ -133,9 +133,9 @@ export class BodyCheck {
   }
 }
 
-/** What stream.finished calls a stream closed before its end: here, a client that went away. */
-function prematureClose(): Error {
-  return Object.assign(new Error('The request body ended early'), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
+/** What stream.finished calls a stream closed before its end: a client that went away. */
+export function prematureClose(message = 'The request body ended early'): Error {
+  return Object.assign(new Error(message), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
 }
 
 /** Large bodies are written in pieces of about this size, one piece in flight at a time. */
