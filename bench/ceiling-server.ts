@@ -4,19 +4,72 @@
  * HEAD answers, DELETE forgets, a PUT with x-amz-copy-source shares the source's chunks, and a
  * GET of the bucket answers with a tiny fixed XML document. No checksum, no disk, no durability.
  *
- * Usage: node dist/bench/ceiling-server.js PORT
+ * With a directory, the durable ceiling: the same, plus the least a durable server must do
+ * before it replies to a write. Writes are group-committed: the bodies of every write waiting
+ * go to one file with one writev, then one fdatasync, then every one of them is answered. It
+ * shows what durability itself costs here, apart from the rest of a store's work.
+ *
+ * Usage: node dist/bench/ceiling-server.js PORT [DIR]
  */
 import http from 'node:http';
+import fs from 'node:fs/promises';
+import path from 'node:path';
 
 const port = Number(process.argv[2]);
+const dir = process.argv[3];
 if (!Number.isInteger(port) || port <= 0) {
-  process.stderr.write('usage: ceiling-server PORT\n');
+  process.stderr.write('usage: ceiling-server PORT [DIR]\n');
   process.exit(2);
 }
 
 interface Body {
   chunks: Buffer[];
   size: number;
+}
+
+/** A write waiting for its commit: its bytes, and what it does once they are durable. */
+interface Waiting {
+  chunks: Buffer[];
+  then: () => void;
+}
+
+/** The file restarts from empty past this size, so that a long run does not fill the disk. */
+const FILE_LIMIT = 1024 ** 3;
+const file = dir === undefined ? undefined : await fs.open(path.join(dir, 'bodies'), 'w');
+let position = 0;
+let waiting: Waiting[] = [];
+let committing = false;
+
+/** Runs `then` at once, or (durable) once `chunks` are on disk with the writes around it. */
+function commit(chunks: Buffer[], then: () => void): void {
+  if (!file) return then();
+  waiting.push({ chunks, then });
+  if (!committing) void commitLoop(file);
+}
+
+async function commitLoop(out: fs.FileHandle): Promise<void> {
+  committing = true;
+  try {
+    while (waiting.length > 0) {
+      const batch = waiting;
+      waiting = [];
+      const buffers = batch.flatMap((w) => w.chunks);
+      const bytes = buffers.reduce((n, b) => n + b.length, 0);
+      if (position + bytes > FILE_LIMIT) {
+        await out.truncate(0);
+        position = 0;
+      }
+      if (bytes > 0) await out.writev(buffers, position);
+      position += bytes;
+      await out.datasync();
+      for (const w of batch) w.then();
+    }
+  } catch (err) {
+    process.stderr.write(`ceiling: ${(err as Error).message}\n`);
+    process.exit(1);
+  } finally {
+    committing = false;
+  }
 }
 
 const objects = new Map<string, Body>();
@@ -55,10 +108,12 @@ const server = http.createServer({ keepAliveTimeout: 60_000 }, (req, res) => {
           res.end();
           return;
         }
-        objects.set(key, from);
-        const xml = '<CopyObjectResult></CopyObjectResult>';
-        res.writeHead(200, { 'Content-Type': 'application/xml', 'Content-Length': xml.length });
-        res.end(xml);
+        commit([], () => {
+          objects.set(key, from);
+          const xml = '<CopyObjectResult></CopyObjectResult>';
+          res.writeHead(200, { 'Content-Type': 'application/xml', 'Content-Length': xml.length });
+          res.end(xml);
+        });
         return;
       }
       const chunks: Buffer[] = [];
@@ -67,11 +122,13 @@ const server = http.createServer({ keepAliveTimeout: 60_000 }, (req, res) => {
         chunks.push(chunk);
         size += chunk.length;
       });
-      req.on('end', () => {
-        objects.set(key, { chunks, size });
-        res.writeHead(200, { 'Content-Length': 0 });
-        res.end();
-      });
+      req.on('end', () =>
+        commit(chunks, () => {
+          objects.set(key, { chunks, size });
+          res.writeHead(200, { 'Content-Length': 0 });
+          res.end();
+        }),
+      );
       return;
     }
     case 'GET':
@@ -89,9 +146,11 @@ const server = http.createServer({ keepAliveTimeout: 60_000 }, (req, res) => {
       return;
     }
     case 'DELETE':
-      objects.delete(key);
-      res.writeHead(204);
-      res.end();
+      commit([], () => {
+        objects.delete(key);
+        res.writeHead(204);
+        res.end();
+      });
       return;
     default:
       res.writeHead(405, { 'Content-Length': 0 });

@@ -182,6 +182,8 @@ export function computeTargets(cells: CellResult[], engine: EngineResults | unde
     const c = byId.get(id);
     const r = c && ratio(c, 'zipkv', other);
     const nofsync = c && ratio(c, 'zipkv-nofsync', other);
+    // For a durable write, what the least durable server reaches against the same peer.
+    const floor = c && id.startsWith('put') && other !== 'ceiling' ? ratio(c, 'ceiling-durable', other) : undefined;
     targets.push({
       name,
       goal: goalText,
@@ -189,7 +191,7 @@ export function computeTargets(cells: CellResult[], engine: EngineResults | unde
         ? 'not run'
         : r === undefined
           ? missing(c, other)
-          : `${fmtRatio(r)} (${fmtOps(result(c, 'zipkv')!.opsPerSec)} vs ${fmtOps(result(c, other)!.opsPerSec)} ops/s; --no-fsync ${fmtRatio(nofsync)})`,
+          : `${fmtRatio(r)} (${fmtOps(result(c, 'zipkv')!.opsPerSec)} vs ${fmtOps(result(c, other)!.opsPerSec)} ops/s; --no-fsync ${fmtRatio(nofsync)}${floor === undefined ? '' : `; durable ceiling ${fmtRatio(floor)}`})`,
       met: r === undefined ? undefined : r >= goal,
     });
   };
@@ -399,6 +401,7 @@ export function markdownResults(results: BenchResults): string {
       cellOf('original'),
       cellOf('s3rver'),
       cellOf('ceiling'),
+      cellOf('ceiling-durable'),
       z ? `${fmtMs(z.p50Ms)} / ${fmtMs(z.p99Ms)}` : '-',
       fmtRatio(ratio(c, 'zipkv', 'original')),
       fmtRatio(ratio(c, 'zipkv-nofsync', 'original')),
@@ -415,6 +418,7 @@ export function markdownResults(results: BenchResults): string {
         'original (Go)',
         's3rver',
         'ceiling',
+        'durable ceiling',
         'zipkv p50 / p99 ms',
         'zipkv / original',
         '--no-fsync / original',
@@ -422,7 +426,7 @@ export function markdownResults(results: BenchResults): string {
         'zipkv / ceiling',
       ],
       rows,
-      ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
+      ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
     ),
   );
   if (meta.original === null) out.push('', 'zipkvserver (the Go original) was not on the PATH: its column and ratios are not measured in this run.');
@@ -512,6 +516,7 @@ const COLORS: Record<ServerKind, string> = {
   original: '#3a9a5b',
   s3rver: '#e0782a',
   ceiling: '#9a9a9a',
+  'ceiling-durable': '#5e5e5e',
 };
 
 function esc(s: string): string {

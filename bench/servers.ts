@@ -17,10 +17,10 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 export const ZIPKV_BIN = path.join(ROOT, 'bin', 'zipkv');
 const BENCH_DIST = path.dirname(fileURLToPath(import.meta.url));
 
-export type ServerKind = 'zipkv' | 'zipkv-nofsync' | 's3rver' | 'ceiling' | 'original';
+export type ServerKind = 'zipkv' | 'zipkv-nofsync' | 's3rver' | 'ceiling' | 'ceiling-durable' | 'original';
 
 /** Every kind the bench knows, in the order they take turns; see activeKinds() for a given run. */
-export const SERVER_KINDS: readonly ServerKind[] = ['zipkv', 'zipkv-nofsync', 'original', 's3rver', 'ceiling'];
+export const SERVER_KINDS: readonly ServerKind[] = ['zipkv', 'zipkv-nofsync', 'original', 's3rver', 'ceiling', 'ceiling-durable'];
 
 export const SERVER_LABELS: Record<ServerKind, string> = {
   zipkv: 'zipkv (durable)',
@@ -28,6 +28,7 @@ export const SERVER_LABELS: Record<ServerKind, string> = {
   original: 'zipkvserver (Go original, memory only, no fsync)',
   s3rver: 's3rver',
   ceiling: 'ceiling (Node, in memory)',
+  'ceiling-durable': 'durable ceiling (Node, + one fdatasync per batch)',
 };
 
 /** The original Go server's executable name, looked up on the PATH. */
@@ -194,6 +195,9 @@ export async function startServer(kind: ServerKind, options: StartOptions = {}):
       break;
     case 'ceiling':
       args = [path.join(BENCH_DIST, 'ceiling-server.js'), String(port)];
+      break;
+    case 'ceiling-durable':
+      args = [path.join(BENCH_DIST, 'ceiling-server.js'), String(port), dir!];
       break;
     case 'original':
       args = ['-dir', dir!, '-addr', `127.0.0.1:${port}`, '-bucket', BUCKET, '-bs', String(ORIGINAL_BLOCK_SIZE)];

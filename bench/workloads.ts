@@ -165,6 +165,7 @@ const listGroup: Group = {
     `s3rver's bucket holds ${env.s3rverListKeys.toLocaleString('en-US')} keys (storing 100k objects in s3rver takes minutes), ` +
     "which favours s3rver: its LIST walks the bucket's directory; the ceiling's LIST returns a fixed tiny document",
   unsupported: {
+    'ceiling-durable': "its LIST is the ceiling's: a fixed tiny document",
     original:
       'a page of 1000 keys cannot be asked of it: its listing (GET /bucket/ only; /bucket is a 404) ignores max-keys and marker ' +
       'and returns every key under the prefix in random order, and it crashes when a LIST runs alongside a PUT',
