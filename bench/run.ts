@@ -5,7 +5,7 @@
  * directory; the whole run is bounded in time.
  *
  *   npm run bench                       full run (a few minutes)
- *   npm run bench -- --quick            about a minute: shorter windows, one run per server, smaller stores
+ *   npm run bench -- --quick            under three minutes: shorter windows, one run per server, smaller stores
  *   npm run bench -- --save             also write docs/benchmarks.json, docs/benchmarks.svg and the
  *                                       results section of docs/benchmarks.md
  *   npm run bench -- --only put,list    only cells matching a group (4k 64k 1m 4m list mixed),
