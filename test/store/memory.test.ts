@@ -158,4 +158,16 @@ describe('store: memory for bodies', () => {
     expect(cache.get(0, 0, 4000)).to.equal(undefined);
     expect(cache.get(0, 9 * 4000, 3999), 'a different size is not a hit').to.equal(undefined);
   });
+
+  it('the cache drops the least recently used first: a body read again outlives later ones', () => {
+    const cache = new BodyCache(100_000);
+    for (let i = 0; i < 20; i++) cache.set(1, i * 4096, Buffer.alloc(4000, i));
+    expect(cache.get(1, 0, 4000)?.[0], 'the first body, read again').to.equal(0);
+    // 20 more bodies push out 20 or more of the older ones, oldest use first.
+    for (let i = 20; i < 40; i++) cache.set(1, i * 4096, Buffer.alloc(4000, i));
+    expect(cache.size).to.be.at.most(100_000);
+    expect(cache.get(1, 0, 4000)?.[0], 'read again, so kept').to.equal(0);
+    expect(cache.get(1, 1 * 4096, 4000), 'the least recently used goes').to.equal(undefined);
+    for (let i = 30; i < 40; i++) expect(cache.get(1, i * 4096, 4000)?.[0], `body ${i}`).to.equal(i);
+  });
 });

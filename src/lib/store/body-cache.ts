@@ -41,8 +41,12 @@ export class BodyCache {
     this.entries.set(key, body);
     this.bytes += body.length;
     if (this.bytes <= this.capacity) return;
+    // Down to 7/8 at once: a Map keeps the slots of deleted entries until it is rebuilt, and
+    // every new iteration walks past them, so evicting one entry per insert cost more than all
+    // the rest of an insert (5 µs with 32 MiB of 4 KiB bodies).
+    const target = this.capacity - Math.floor(this.capacity / 8);
     for (const [k, v] of this.entries) {
-      if (this.bytes <= this.capacity) break;
+      if (this.bytes <= target) break;
       this.entries.delete(k);
       this.bytes -= v.length;
     }
