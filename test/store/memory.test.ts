@@ -150,21 +150,90 @@ describe('store: memory for bodies', () => {
     }
   });
 
+  it("the cache never shares a caller's buffer: bytes written into it after the put change nothing served", async () => {
+    const dir = await tempDir('cache-copy');
+    const faults = new FaultyStorage(new LocalStorage(dir));
+    const store = await openStore(dir, { storage: faults, fsync: false });
+    try {
+      const given = pseudoRandomBytes(4096, 3);
+      const kept = Buffer.from(given);
+      await store.put('given', given);
+      given.fill(0); // the caller reuses its buffer
+      // Streamed: one chunk, and one that is a slice of a much larger buffer.
+      const streamed = pseudoRandomBytes(4096, 4);
+      const one = new PassThrough();
+      const onePut = store.put('one', one, { size: 4096 });
+      one.end(Buffer.from(streamed));
+      await onePut;
+      const wide = Buffer.alloc(64 * 1024, 9);
+      streamed.copy(wide, 1000);
+      const slice = new PassThrough();
+      const slicePut = store.put('slice', slice, { size: 4096 });
+      slice.end(wide.subarray(1000, 1000 + 4096));
+      await slicePut;
+      wide.fill(0);
+      faults.fail({ op: 'read', name: /^block/ }); // served from the cache, or not at all
+      expect((await store.read(store.head('given')!)).equals(kept)).to.equal(true);
+      expect((await store.read(store.head('one')!)).equals(streamed)).to.equal(true);
+      expect((await store.read(store.head('slice')!)).equals(streamed)).to.equal(true);
+    } finally {
+      faults.heal();
+      await store.close();
+    }
+  });
+
   it('the cache keeps the most recently used bodies within its bytes', () => {
     const cache = new BodyCache(10_000);
-    for (let i = 0; i < 10; i++) cache.set(0, i * 4000, Buffer.alloc(4000, i));
+    for (let i = 0; i < 10; i++) cache.set(0, i * 4000, [Buffer.alloc(4000, i)]);
     expect(cache.size).to.be.at.most(10_000);
     expect(cache.get(0, 9 * 4000, 4000)?.[0]).to.equal(9);
     expect(cache.get(0, 0, 4000)).to.equal(undefined);
     expect(cache.get(0, 9 * 4000, 3999), 'a different size is not a hit').to.equal(undefined);
   });
 
+  it('the cache never returns bytes other than those set for a place, whatever the order of sets and reads', () => {
+    let seed = 12345;
+    const rand = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    for (const capacity of [10_000, 65_536, 200_000]) {
+      const cache = new BodyCache(capacity);
+      const truth = new Map<number, Buffer>();
+      let last: number | undefined;
+      for (let step = 0; step < 20_000; step++) {
+        const place = rand(300);
+        if (rand(3) === 0) {
+          // Sizes from 1 byte to the largest a cache takes, in one or several chunks.
+          const size = 1 + (rand(10) === 0 ? rand(CACHED_BODY_MAX) : rand(5000));
+          const body = pseudoRandomBytes(size, step);
+          const cut = rand(size);
+          cache.set(2, place * 100_000, cut > 0 && rand(2) === 0 ? [body.subarray(0, cut), body.subarray(cut)] : [body]);
+          if (size <= capacity) {
+            truth.set(place, body);
+            last = place;
+          } else {
+            truth.delete(place);
+            if (last === place) last = undefined;
+          }
+          expect(cache.size, `step ${step}`).to.be.at.most(capacity);
+          if (last !== undefined) expect(cache.get(2, last * 100_000, truth.get(last)!.length), 'the body just set').to.not.equal(undefined);
+        } else {
+          const want = truth.get(place);
+          if (!want) continue;
+          const got = cache.get(2, place * 100_000, want.length);
+          if (got) expect(got.equals(want), `place ${place} at step ${step}`).to.equal(true);
+        }
+      }
+    }
+  });
+
   it('the cache drops the least recently used first: a body read again outlives later ones', () => {
     const cache = new BodyCache(100_000);
-    for (let i = 0; i < 20; i++) cache.set(1, i * 4096, Buffer.alloc(4000, i));
+    for (let i = 0; i < 20; i++) cache.set(1, i * 4096, [Buffer.alloc(4000, i)]);
     expect(cache.get(1, 0, 4000)?.[0], 'the first body, read again').to.equal(0);
     // 20 more bodies push out 20 or more of the older ones, oldest use first.
-    for (let i = 20; i < 40; i++) cache.set(1, i * 4096, Buffer.alloc(4000, i));
+    for (let i = 20; i < 40; i++) cache.set(1, i * 4096, [Buffer.alloc(4000, i)]);
     expect(cache.size).to.be.at.most(100_000);
     expect(cache.get(1, 0, 4000)?.[0], 'read again, so kept').to.equal(0);
     expect(cache.get(1, 1 * 4096, 4000), 'the least recently used goes').to.equal(undefined);

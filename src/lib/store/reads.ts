@@ -89,7 +89,7 @@ export class ObjectReader {
     let body = this.cache.get(block, offset, size);
     if (!body) {
       body = await this.blocks.read(block, offset, size);
-      this.cache.set(block, offset, body);
+      this.cache.set(block, offset, [body]);
     }
     return from === 0 && length === size ? body : body.subarray(from, from + length);
   }

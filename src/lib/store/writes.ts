@@ -484,8 +484,7 @@ async function writeDeferredBodies(ops: PendingOp[], cache: BodyCache): Promise<
   }
   await Promise.all(writes);
   for (const op of held) {
-    // A copy: the caller may reuse its buffer, and a slice would keep a larger one alive.
-    if (op.reservation!.size <= CACHED_BODY_MAX) cache.set(op.reservation!.block.id, op.reservation!.offset, Buffer.concat(op.data!));
+    if (op.reservation!.size <= CACHED_BODY_MAX) cache.set(op.reservation!.block.id, op.reservation!.offset, op.data!);
     op.data = undefined;
   }
 }
