@@ -5,7 +5,7 @@
  * snapshot of what is committed, uploads what upstream lacks, and then writes the manifest, the
  * one object that says what the upstream copy is:
  *
- *   block<id>                       a sealed block, uploaded once, whole (Content-MD5 checked)
+ *   block<id>                       a sealed block, uploaded once, whole (its SHA-256 signed and checked)
  *   block<id>.<from>-<to>           committed bytes of a block still being written
  *   db<slot>.<md5>                  the current db
  *   zipkv-journal.<run>.<epoch>.<from>-<to>   committed bytes of the journal
