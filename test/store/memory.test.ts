@@ -6,11 +6,27 @@ import { BodyCache, CACHED_BODY_MAX } from '../../src/lib/store/body-cache.js';
 import { BodySizeMismatchError } from '../../src/lib/store/errors.js';
 import { FaultyStorage } from '../../src/lib/store/storage/faults.js';
 import { LocalStorage } from '../../src/lib/store/storage/local.js';
-import { openStore } from '../../src/lib/store/store.js';
+import { openStore, type Store } from '../../src/lib/store/store.js';
 import { tempDir } from '../helpers/paths.js';
 import { md5Of, md5hex, pseudoRandomBytes } from './util.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Runs `body` on a store whose block reads fail once `blockReadsFail` is called: what the store
+ * serves after that comes from its cache of small bodies.
+ */
+async function withCacheOnlyReads(name: string, body: (store: Store, blockReadsFail: () => void) => Promise<void>): Promise<void> {
+  const dir = await tempDir(name);
+  const faults = new FaultyStorage(new LocalStorage(dir));
+  const store = await openStore(dir, { storage: faults, fsync: false });
+  try {
+    await body(store, () => void faults.fail({ op: 'read', name: /^block/ }));
+  } finally {
+    faults.heal();
+    await store.close();
+  }
+}
 
 describe('store: memory for bodies', () => {
   it('1,000 slow uploads of small bodies hold at most 64 MiB until their commit, and all land', async function () {
@@ -128,33 +144,23 @@ describe('store: memory for bodies', () => {
     }
   });
 
-  it('small bodies just written or read are served from memory; large ones from their block', async () => {
-    const dir = await tempDir('cache');
-    const faults = new FaultyStorage(new LocalStorage(dir));
-    const store = await openStore(dir, { storage: faults, fsync: false });
-    try {
+  it('small bodies just written or read are served from memory; large ones from their block', () =>
+    withCacheOnlyReads('cache', async (store, blockReadsFail) => {
       const small = pseudoRandomBytes(4096, 1);
       const large = pseudoRandomBytes(CACHED_BODY_MAX + 1, 2);
       await store.put('small', small);
       await store.put('large', large);
-      faults.fail({ op: 'read', name: /^block/ });
+      blockReadsFail();
       const info = store.head('small')!;
       expect((await store.read(info)).equals(small)).to.equal(true);
       expect((await store.read(info, 100, 199)).equals(small.subarray(100, 200))).to.equal(true);
       let failed = false;
       await store.read(store.head('large')!).catch(() => (failed = true));
       expect(failed, 'a large body is not cached').to.equal(true);
-    } finally {
-      faults.heal();
-      await store.close();
-    }
-  });
+    }));
 
-  it("the cache never shares a caller's buffer: bytes written into it after the put change nothing served", async () => {
-    const dir = await tempDir('cache-copy');
-    const faults = new FaultyStorage(new LocalStorage(dir));
-    const store = await openStore(dir, { storage: faults, fsync: false });
-    try {
+  it("the cache never shares a caller's buffer: bytes written into it after the put change nothing served", () =>
+    withCacheOnlyReads('cache-copy', async (store, blockReadsFail) => {
       const given = pseudoRandomBytes(4096, 3);
       const kept = Buffer.from(given);
       await store.put('given', given);
@@ -172,15 +178,11 @@ describe('store: memory for bodies', () => {
       slice.end(wide.subarray(1000, 1000 + 4096));
       await slicePut;
       wide.fill(0);
-      faults.fail({ op: 'read', name: /^block/ }); // served from the cache, or not at all
+      blockReadsFail(); // served from the cache, or not at all
       expect((await store.read(store.head('given')!)).equals(kept)).to.equal(true);
       expect((await store.read(store.head('one')!)).equals(streamed)).to.equal(true);
       expect((await store.read(store.head('slice')!)).equals(streamed)).to.equal(true);
-    } finally {
-      faults.heal();
-      await store.close();
-    }
-  });
+    }));
 
   it('the cache keeps the most recently used bodies within its bytes', () => {
     const cache = new BodyCache(10_000);
@@ -200,6 +202,7 @@ describe('store: memory for bodies', () => {
     for (const capacity of [10_000, 65_536, 200_000]) {
       const cache = new BodyCache(capacity);
       const truth = new Map<number, Buffer>();
+      const handedOut: Array<{ got: Buffer; want: Buffer; step: number }> = [];
       let last: number | undefined;
       for (let step = 0; step < 20_000; step++) {
         const place = rand(300);
@@ -222,9 +225,14 @@ describe('store: memory for bodies', () => {
           const want = truth.get(place);
           if (!want) continue;
           const got = cache.get(2, place * 100_000, want.length);
-          if (got) expect(got.equals(want), `place ${place} at step ${step}`).to.equal(true);
+          if (got) {
+            expect(got.equals(want), `place ${place} at step ${step}`).to.equal(true);
+            if (step % 50 === 0) handedOut.push({ got, want, step });
+          }
         }
       }
+      // A hit is the caller's own copy: later bodies written over the ring never change it.
+      for (const { got, want, step } of handedOut) expect(got.equals(want), `the hit of step ${step}, read again at the end`).to.equal(true);
     }
   });
 
